@@ -1,0 +1,283 @@
+//! Command-line interface: clap commands that wire suite → sched → train → store.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::sched::{self, Outcome};
+use crate::suite::{DataRef, Plan, Role, Suite};
+use crate::{data, distill, env, models, train};
+
+#[derive(Parser, Debug)]
+#[command(name = "harness", version, about = "Reproducible knowledge-distillation suites", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Train every run of a suite that has not finished (teachers first), then print a table.
+    Run(RunArgs),
+    /// Print the expanded run list (id, role, models, method, seed, settings) without training.
+    Plan(PlanArgs),
+    /// Evaluate a checkpoint on a dataset's test split.
+    Eval(EvalArgs),
+    /// Dataset utilities.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
+    /// Versions, libtorch, CUDA and devices.
+    Doctor,
+    /// List the model zoo with parameter counts and input sizes.
+    Models,
+    /// List distillation methods with their parameters and defaults.
+    Methods,
+    /// Internal: train one run directory (what `run` starts in a child process).
+    #[command(hide = true)]
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    /// Folder holding the dataset (default: [suite].data_dir, then $KD_HARNESS_DATA, then ./data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Suite file (TOML).
+    pub suite: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Results root; runs go to <results>/<suite>/runs/<id>/.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Runs executed at once (CPU threads are split among them).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    pub suite: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Model name from `harness models`.
+    #[arg(long)]
+    pub model: String,
+    /// State dict (.safetensors) with PyTorch names.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub dataset: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Write the test-set logits (dataset order) as float32 .npy.
+    #[arg(long)]
+    pub save_logits: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCmd {
+    /// Write a class-structured synthetic dataset in the CIFAR binary layout.
+    Synth {
+        /// Output folder (gets cifar-10-batches-bin/ or cifar-100-binary/).
+        #[arg(long)]
+        out: PathBuf,
+        /// 10 or 100.
+        #[arg(long, default_value_t = 10)]
+        classes: i64,
+        #[arg(long, default_value_t = 5000)]
+        train: i64,
+        #[arg(long, default_value_t = 1000)]
+        test: i64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Std of the per-pixel Gaussian noise (0–255 scale); higher is harder.
+        #[arg(long, default_value_t = 40.0)]
+        noise: f64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    pub run_dir: PathBuf,
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Intra-op threads for this run.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Runs a command; returns the process exit code (errors are returned for the caller to print).
+pub fn main(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Plan(a) => plan_cmd(a),
+        Cmd::Eval(a) => eval(a),
+        Cmd::Data { cmd: DataCmd::Synth { out, classes, train, test, seed, noise } } => {
+            let dir = data::synth::write(&out, classes, train, test, seed, noise)?;
+            println!("wrote {classes}-class synthetic data ({train} train, {test} test) to {}", dir.display());
+            println!("use it with: dataset = \"{}\" and --data-dir {}", if classes == 10 { "cifar10" } else { "cifar100" }, out.display());
+            Ok(0)
+        }
+        Cmd::Doctor => doctor(),
+        Cmd::Models => {
+            println!("{:<12} {:<14} {:>12}  input", "model", "family", "params(100)");
+            for e in models::entries() {
+                let n = models::count_params(e, models::ModelCfg { in_channels: e.input.map(|i| i.0).unwrap_or(3), num_classes: 100 });
+                let input = e.input.map(|(c, h, w)| format!("{c}x{h}x{w}")).unwrap_or_else(|| "any".into());
+                println!("{:<12} {:<14} {:>12}  {input}", e.name, e.family, n);
+            }
+            Ok(0)
+        }
+        Cmd::Methods => {
+            for m in distill::REGISTRY {
+                println!("{} — {}{}", m.name, m.paper, if m.needs_teacher { " [needs a teacher]" } else { "" });
+                for p in m.params {
+                    println!("    {:<12} default {:<8} {}", p.name, p.default.to_string(), p.doc);
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Exec(a) => {
+            if let Some(t) = a.threads {
+                tch::set_num_threads(t);
+            }
+            let device = env::parse_device(&a.device)?;
+            sched::exec(&a.run_dir, &a.data_dir, device)
+        }
+    }
+}
+
+/// Loads a suite and its dataset fingerprint, and expands the plan.
+fn load_plan(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Suite, Plan, PathBuf)> {
+    let suite = Suite::load(suite_path)?;
+    let dir = data::resolve_dir(data_flag, suite.data_dir.as_deref());
+    let (info, tr, te, _) = data::read(&suite.dataset, &dir)?;
+    let fp = data::fingerprint(info, &tr, &te);
+    let plan = suite.expand(&DataRef { name: suite.dataset.clone(), fingerprint: fp })?;
+    Ok((suite, plan, dir))
+}
+
+fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
+    let (suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+    println!("suite {} ({}): {} runs = {} teachers + {} students, from {} grid points", plan.suite, suite.path().display(), plan.runs.len(), plan.teachers(), plan.students(), plan.points);
+    println!("{:<16} {:<7} {:<12} {:<12} {:<6} {:>4}  {:<8} settings", "id", "role", "model", "teacher", "method", "seed", "status");
+    for r in &plan.runs {
+        let s = &r.spec;
+        let status = if crate::store::RunDir::new(&a.results, &plan.suite, &s.id).is_finished() { "done" } else { "pending" };
+        let role = if s.role == Role::Teacher { "teacher" } else { "student" };
+        let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<16} {:<7} {:<12} {:<12} {:<6} {:>4}  {:<8} epochs={} bs={} lr={} {}",
+            s.id,
+            role,
+            s.model,
+            s.teacher.as_ref().map(|t| t.model()).unwrap_or("-"),
+            s.method,
+            s.seed,
+            status,
+            s.train.epochs,
+            s.train.batch_size,
+            s.train.lr,
+            params.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+fn run(a: RunArgs) -> anyhow::Result<i32> {
+    let (_suite, plan, data_dir) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+    env::parse_device(&a.device)?; // validate before starting children
+    let cached = plan.runs.iter().filter(|r| crate::store::RunDir::new(&a.results, &plan.suite, &r.spec.id).is_finished()).count();
+    println!("suite {}: {} runs ({} teachers, {} students), {} already finished", plan.suite, plan.runs.len(), plan.teachers(), plan.students(), cached);
+    let opts = sched::Options {
+        results: a.results.clone(),
+        data_dir,
+        device: a.device.clone(),
+        jobs: a.jobs,
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let outcomes = sched::run_plan(&plan, &opts)?;
+    let count = |f: &dyn Fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let failed = count(&|o| matches!(o, Outcome::Failed(_)));
+    let skipped = count(&|o| matches!(o, Outcome::Skipped(_) | Outcome::Locked));
+    println!();
+    println!("{:<60} {:>3}  {:>16}  {:>16}", "run group (mean ± std over seeds)", "n", "best top-1 %", "last top-1 %");
+    for (k, v) in sched::summarize(&plan, &a.results) {
+        let (bm, bs) = sched::mean_std(&v.iter().map(|x| x.0 * 100.0).collect::<Vec<_>>());
+        let (lm, ls) = sched::mean_std(&v.iter().map(|x| x.1 * 100.0).collect::<Vec<_>>());
+        println!("{k:<60} {:>3}  {:>7.2} ± {:<6.2}  {:>7.2} ± {:<6.2}", v.len(), bm, bs, lm, ls);
+    }
+    println!();
+    println!(
+        "{} finished now, {} cached, {} failed, {} skipped; results in {}",
+        count(&|o| *o == Outcome::Finished),
+        count(&|o| *o == Outcome::Cached),
+        failed,
+        skipped,
+        a.results.join(&plan.suite).display()
+    );
+    Ok(if failed + skipped > 0 { 1 } else { 0 })
+}
+
+fn eval(a: EvalArgs) -> anyhow::Result<i32> {
+    let device = env::parse_device(&a.device)?;
+    let dir = data::resolve_dir(a.data.data_dir.as_deref(), None);
+    let data = data::Dataset::load(&a.dataset, &dir, device)?;
+    let mut net = train::build(&a.model, &data, device)?;
+    models::checkpoint::load_strict(&mut net.vs, &a.checkpoint, &a.model)?;
+    let logits = train::test_logits(net.model.as_ref(), &data);
+    let e = train::evaluate(&logits, &data.test_y);
+    println!("{} on {} test ({} images): top-1 {:.2}%  top-5 {:.2}%  ECE-15 {:.2}%  loss {:.4}", a.model, a.dataset, data.test_len(), e.top1 * 100.0, e.top5 * 100.0, e.ece * 100.0, e.loss);
+    if let Some(p) = a.save_logits {
+        logits.write_npy(&p).map_err(|err| anyhow::anyhow!("writing {}: {err}", p.display()))?;
+        println!("wrote logits {:?} to {}", logits.size(), p.display());
+    }
+    Ok(0)
+}
+
+fn doctor() -> anyhow::Result<i32> {
+    println!("harness {} (commit {})", env::harness_version(), env::git_commit());
+    let ok = std::panic::catch_unwind(|| tch::Tensor::from_slice(&[1.0f32, 2.0]).sum(tch::Kind::Float).double_value(&[]));
+    match ok {
+        Ok(v) if v == 3.0 => {}
+        _ => {
+            eprintln!("error: libtorch is loaded but cannot run a tensor op; reinstall (see README)");
+            return Ok(1);
+        }
+    }
+    println!("libtorch {} at {}", env::torch_version(), env::torch_lib_dir().map(|p| p.display().to_string()).unwrap_or_else(|| "?".into()));
+    let cuda_linked = env::torch_lib_dir().map(|d| d.join("libtorch_cuda.so")).filter(|p| p.exists()).is_some();
+    let cuda_loaded = std::fs::read_to_string("/proc/self/maps").map(|m| m.contains("libtorch_cuda.so")).unwrap_or(false);
+    println!("libtorch_cuda: {}", if cuda_loaded { "loaded" } else if cuda_linked { "present but NOT loaded (CUDA disabled; check the link flags)" } else { "not in this libtorch (CPU build)" });
+    println!("CUDA available: {}", tch::Cuda::is_available());
+    println!("CUDA devices: {}", tch::Cuda::device_count());
+    for (i, n) in env::gpu_names().iter().enumerate() {
+        println!("  cuda:{i}: {n}");
+    }
+    println!("cuDNN available: {}", tch::Cuda::cudnn_is_available());
+    println!("intra-op threads: {}", tch::get_num_threads());
+    println!("cores: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    Ok(0)
+}

@@ -1,0 +1,242 @@
+//! Datasets: readers (CIFAR in both layouts, digits, synthetic), fingerprints, and the
+//! device-resident pipeline. The whole dataset lives on the training device as uint8;
+//! augmentation (random crop with zero padding, horizontal flip) and normalisation are tensor
+//! ops on that device, drawn from the global generator that the loop seeds per run and epoch.
+
+pub mod cifar;
+pub mod digits;
+pub mod pickle;
+pub mod synth;
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+/// Static facts about a dataset, known without reading it.
+#[derive(Debug)]
+pub struct DatasetInfo {
+    pub name: &'static str,
+    /// (channels, height, width)
+    pub shape: (i64, i64, i64),
+    pub classes: i64,
+    pub mean: &'static [f64],
+    pub std: &'static [f64],
+    /// Zero padding for the random crop.
+    pub pad: i64,
+    /// Whether horizontal flips preserve the label.
+    pub flip: bool,
+    pub about: &'static str,
+}
+
+/// Every dataset a suite can name.
+pub static DATASETS: &[DatasetInfo] = &[
+    DatasetInfo {
+        name: "cifar10",
+        shape: (3, 32, 32),
+        classes: 10,
+        mean: &[0.4914, 0.4822, 0.4465],
+        std: &[0.2470, 0.2435, 0.2616],
+        pad: 4,
+        flip: true,
+        about: "CIFAR-10 from disk (torchvision or binary layout)",
+    },
+    DatasetInfo {
+        name: "cifar100",
+        shape: (3, 32, 32),
+        classes: 100,
+        mean: &[0.5071, 0.4867, 0.4408],
+        std: &[0.2675, 0.2565, 0.2761],
+        pad: 4,
+        flip: true,
+        about: "CIFAR-100 from disk (torchvision or binary layout)",
+    },
+    DatasetInfo {
+        name: "digits",
+        shape: (1, 8, 8),
+        classes: 10,
+        mean: &[0.3053],
+        std: &[0.3762],
+        pad: 1,
+        flip: false,
+        about: "UCI handwritten digits, 8x8, 1437 train / 360 test (embedded)",
+    },
+];
+
+/// Looks up a dataset by name.
+pub fn info(name: &str) -> Option<&'static DatasetInfo> {
+    DATASETS.iter().find(|d| d.name == name)
+}
+
+/// Decoded images (N×C×H×W uint8, row-major) and labels of one split.
+#[derive(Clone, Debug, Default)]
+pub struct RawSplit {
+    pub x: Vec<u8>,
+    pub y: Vec<i64>,
+}
+
+/// Environment variable naming the data directory (after `--data-dir` and `[suite].data_dir`).
+pub const DATA_ENV: &str = "KD_HARNESS_DATA";
+
+/// Picks the data directory: the flag, then the suite's `data_dir`, then `$KD_HARNESS_DATA`, then `./data`.
+pub fn resolve_dir(flag: Option<&Path>, suite: Option<&Path>) -> PathBuf {
+    if let Some(f) = flag {
+        return f.to_path_buf();
+    }
+    if let Some(s) = suite {
+        return s.to_path_buf();
+    }
+    if let Some(e) = std::env::var_os(DATA_ENV) {
+        return PathBuf::from(e);
+    }
+    PathBuf::from("data")
+}
+
+/// A dataset on its training device.
+pub struct Dataset {
+    pub info: &'static DatasetInfo,
+    pub train_x: Tensor,
+    pub train_y: Tensor,
+    pub test_x: Tensor,
+    pub test_y: Tensor,
+    /// blake3 of the decoded images and labels: equal for the two CIFAR layouts of the same data.
+    pub fingerprint: String,
+    /// Where it was read from.
+    pub source: String,
+    mean: Tensor,
+    std: Tensor,
+}
+
+/// Reads and decodes a dataset's splits (no tensors yet).
+pub fn read(name: &str, dir: &Path) -> anyhow::Result<(&'static DatasetInfo, RawSplit, RawSplit, String)> {
+    let Some(info) = info(name) else {
+        let names: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();
+        crate::input_bail!("unknown dataset `{name}`; allowed: {}", names.join(", "));
+    };
+    let (train, test, source) = match name {
+        "cifar10" => cifar::load(cifar::Kind::C10, dir)?,
+        "cifar100" => cifar::load(cifar::Kind::C100, dir)?,
+        "digits" => {
+            // A digits.csv.gz in the data dir wins over the embedded copy.
+            let p = dir.join("digits.csv.gz");
+            if p.is_file() {
+                let bytes = std::fs::read(&p).map_err(|e| crate::error::InputError::new(format!("{}: {e}", p.display())))?;
+                let (a, b) = digits::load_from(&bytes, &p.display().to_string())?;
+                (a, b, p.display().to_string())
+            } else {
+                let (a, b) = digits::load_from(digits::CSV_GZ, "embedded digits.csv.gz")?;
+                (a, b, "embedded digits.csv.gz".to_string())
+            }
+        }
+        _ => unreachable!("dataset table and reader match are in sync"),
+    };
+    Ok((info, train, test, source))
+}
+
+/// Hash of decoded content, so ids depend on the data, not on the file layout.
+pub fn fingerprint(info: &DatasetInfo, train: &RawSplit, test: &RawSplit) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(info.name.as_bytes());
+    for s in [train, test] {
+        h.update(&(s.y.len() as u64).to_le_bytes());
+        h.update(&s.x);
+        for y in &s.y {
+            h.update(&y.to_le_bytes());
+        }
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
+impl Dataset {
+    /// Reads a dataset from `dir` and places it on `device`.
+    pub fn load(name: &str, dir: &Path, device: Device) -> anyhow::Result<Dataset> {
+        let (info, train, test, source) = read(name, dir)?;
+        Dataset::from_raw(info, &train, &test, source, device)
+    }
+
+    /// Builds the device tensors from decoded splits.
+    pub fn from_raw(info: &'static DatasetInfo, train: &RawSplit, test: &RawSplit, source: String, device: Device) -> anyhow::Result<Dataset> {
+        let (c, h, w) = info.shape;
+        let per = (c * h * w) as usize;
+        for (split, s) in [("train", train), ("test", test)] {
+            if s.y.is_empty() || s.x.len() != s.y.len() * per {
+                crate::input_bail!("{source}: {split} split has {} labels and {} pixel bytes; expected {per} bytes per image", s.y.len(), s.x.len());
+            }
+        }
+        let fp = fingerprint(info, train, test);
+        let to = |s: &RawSplit| -> (Tensor, Tensor) {
+            let n = s.y.len() as i64;
+            (Tensor::from_slice(&s.x).view([n, c, h, w]).to_device(device), Tensor::from_slice(&s.y).to_device(device))
+        };
+        let (train_x, train_y) = to(train);
+        let (test_x, test_y) = to(test);
+        let mean = Tensor::from_slice(info.mean).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
+        let std = Tensor::from_slice(info.std).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
+        Ok(Dataset { info, train_x, train_y, test_x, test_y, fingerprint: fp, source, mean, std })
+    }
+
+    pub fn train_len(&self) -> i64 {
+        self.train_y.size()[0]
+    }
+
+    pub fn test_len(&self) -> i64 {
+        self.test_y.size()[0]
+    }
+
+    /// uint8 images → normalised float.
+    pub fn normalize(&self, x: &Tensor) -> Tensor {
+        (x.to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
+    }
+
+    /// One epoch of shuffled (and optionally augmented) training batches, produced lazily.
+    /// The last partial batch is kept (PyTorch's DataLoader without drop_last). Draws from the
+    /// global RNG, which the training loop seeds per run and epoch.
+    pub fn train_batches(&self, batch_size: i64, augment: bool) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+        let n = self.train_len();
+        let perm = Tensor::randperm(n, (Kind::Int64, self.train_y.device()));
+        let nb = (n + batch_size - 1) / batch_size;
+        (0..nb).map(move |i| {
+            let start = i * batch_size;
+            let idx = perm.narrow(0, start, batch_size.min(n - start));
+            let mut x = self.train_x.index_select(0, &idx);
+            if augment {
+                x = crop_flip(&x, self.info.pad, self.info.flip);
+            }
+            (self.normalize(&x), self.train_y.index_select(0, &idx))
+        })
+    }
+
+    /// Test batches in dataset order, normalised, no augmentation.
+    pub fn test_batches(&self, batch_size: i64) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+        let n = self.test_len();
+        let nb = (n + batch_size - 1) / batch_size;
+        (0..nb).map(move |i| {
+            let start = i * batch_size;
+            let len = batch_size.min(n - start);
+            (self.normalize(&self.test_x.narrow(0, start, len)), self.test_y.narrow(0, start, len))
+        })
+    }
+}
+
+/// Random crop after zero padding by `pad`, and a random horizontal flip, as one gather:
+/// per sample, rows `oy..oy+H` and columns `ox..ox+W` (reversed when flipped) of the padded image.
+pub fn crop_flip(x: &Tensor, pad: i64, flip: bool) -> Tensor {
+    let s = x.size();
+    let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let dev = x.device();
+    let opts = (Kind::Int64, dev);
+    let padded = if pad > 0 { x.constant_pad_nd([pad, pad, pad, pad]) } else { x.shallow_clone() };
+    let oy = Tensor::randint(2 * pad + 1, [b, 1], opts);
+    let ox = Tensor::randint(2 * pad + 1, [b, 1], opts);
+    let ar_h = Tensor::arange(h, opts).view([1, h]);
+    let ar_w = Tensor::arange(w, opts).view([1, w]);
+    let rows = &oy + &ar_h;
+    let mut cols = &ox + &ar_w;
+    if flip {
+        let f = Tensor::randint(2, [b, 1], opts).to_kind(Kind::Bool);
+        let rev = &ox + (ar_w.g_mul_scalar(-1) + (w - 1));
+        cols = rev.where_self(&f, &cols);
+    }
+    let bi = Tensor::arange(b, opts).view([b, 1, 1, 1]);
+    let ci = Tensor::arange(c, opts).view([1, c, 1, 1]);
+    padded.index(&[Some(bi), Some(ci), Some(rows.view([b, 1, h, 1])), Some(cols.view([b, 1, 1, w]))])
+}

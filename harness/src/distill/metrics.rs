@@ -1,0 +1,46 @@
+//! Evaluation metrics over a whole split (methods-logit.md §11, §12): top-k accuracy,
+//! ECE with 15 bins, teacher–student top-1 agreement and predictive KL(teacher‖student).
+
+use tch::{Kind, Tensor};
+
+/// Fraction of rows whose label is among the `k` largest logits (k clipped to C).
+pub fn topk_accuracy(logits: &Tensor, labels: &Tensor, k: i64) -> f64 {
+    let c = logits.size()[1];
+    let (_, idx) = logits.topk(k.min(c), 1, true, true);
+    let hit = idx.eq_tensor(&labels.unsqueeze(1)).any_dim(1, false).to_kind(Kind::Float);
+    hit.mean(Kind::Float).double_value(&[])
+}
+
+/// Expected calibration error, bins `(b/n, (b+1)/n]`, on T = 1 probabilities, as a fraction.
+pub fn ece(logits: &Tensor, labels: &Tensor, n_bins: i64) -> f64 {
+    let n = logits.size()[0];
+    if n == 0 {
+        return 0.0;
+    }
+    let probs = logits.to_kind(Kind::Double).softmax(1, Kind::Double);
+    let (conf, pred) = probs.max_dim(1, false);
+    let acc = pred.eq_tensor(labels).to_kind(Kind::Double);
+    let bin = (&conf * n_bins as f64).ceil().g_sub_scalar(1.0).clamp(0.0, (n_bins - 1) as f64).to_kind(Kind::Int64);
+    let zeros = Tensor::zeros([n_bins], (Kind::Double, logits.device()));
+    let sum_conf = zeros.index_add(0, &bin, &conf);
+    let sum_acc = zeros.index_add(0, &bin, &acc);
+    // Σ_b |B_b|/n · |acc_b − conf_b| = Σ_b |Σacc − Σconf| / n; empty bins contribute 0.
+    ((sum_acc - sum_conf).abs().sum(Kind::Double) / n as f64).double_value(&[])
+}
+
+/// Fraction of rows where student and teacher argmax agree (ties: first index, as torch).
+pub fn agreement(student: &Tensor, teacher: &Tensor) -> f64 {
+    student.argmax(1, false).eq_tensor(&teacher.argmax(1, false)).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+}
+
+/// Mean over rows of KL(softmax(teacher) ‖ softmax(student)) at T = 1, in nats.
+pub fn predictive_kl(student: &Tensor, teacher: &Tensor) -> f64 {
+    let ls = student.to_kind(Kind::Double).log_softmax(1, Kind::Double);
+    let lt = teacher.to_kind(Kind::Double).log_softmax(1, Kind::Double);
+    (lt.exp() * (&lt - ls)).sum_dim_intlist(1, false, Kind::Double).mean(Kind::Double).double_value(&[])
+}
+
+/// Mean cross-entropy of logits against labels.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> f64 {
+    logits.to_kind(Kind::Double).cross_entropy_for_logits(labels).double_value(&[])
+}

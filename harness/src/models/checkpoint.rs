@@ -1,0 +1,67 @@
+//! Loading PyTorch state dicts saved as `.safetensors` into a model's VarStore, strictly:
+//! every variable must be present with its shape, no unknown keys; BN's `num_batches_tracked`
+//! is tolerated. All problems are listed in one error instead of a panic or a partial load.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{Tensor, nn};
+
+use crate::error::InputError;
+
+/// Copies the tensors of `path` into `vs` (names as PyTorch's `state_dict()` keys).
+pub fn load_strict(vs: &mut nn::VarStore, path: &Path, model: &str) -> anyhow::Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext != "safetensors" {
+        crate::input_bail!(
+            "{}: expected a .safetensors state dict; convert a PyTorch .pth/.pt first \
+             (torch.load(f)[\"model\"] → safetensors.torch.save_file)",
+            path.display()
+        );
+    }
+    let file: Vec<(String, Tensor)> = Tensor::read_safetensors(path)
+        .map_err(|e| InputError::new(format!("{}: cannot read as safetensors: {e}", path.display())))?;
+    let file: BTreeMap<String, Tensor> = file.into_iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).collect();
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
+    let extra: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
+    let mut shapes = Vec::new();
+    for (k, v) in &vars {
+        if let Some(t) = file.get(k) {
+            if t.size() != v.size() {
+                shapes.push(format!("{k}: checkpoint {:?}, model {:?}", t.size(), v.size()));
+            }
+        }
+    }
+    if !missing.is_empty() || !extra.is_empty() || !shapes.is_empty() {
+        let mut msg = format!("{}: does not match model `{model}`", path.display());
+        let list = |v: &[&String]| v.iter().take(20).map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        if !missing.is_empty() {
+            msg.push_str(&format!("\n  missing keys ({}): {}", missing.len(), list(&missing)));
+        }
+        if !extra.is_empty() {
+            msg.push_str(&format!("\n  unexpected keys ({}): {}", extra.len(), list(&extra)));
+        }
+        if !shapes.is_empty() {
+            msg.push_str(&format!("\n  shape mismatches ({}): {}", shapes.len(), shapes.join("; ")));
+        }
+        crate::input_bail!("{msg}");
+    }
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (k, mut v) in vars {
+            let src = &file[&k];
+            v.f_copy_(&src.to_kind(v.kind()).to_device(v.device()))
+                .map_err(|e| InputError::new(format!("{}: copying `{k}`: {e}", path.display())))?;
+        }
+        Ok(())
+    })
+}
+
+/// Saves a VarStore as safetensors atomically (temp name, then rename).
+pub fn save_atomic(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().ok_or_else(|| anyhow::anyhow!("{}: no parent directory", path.display()))?;
+    let tmp = dir.join(format!(".tmp.{}.safetensors", std::process::id()));
+    vs.save(&tmp).map_err(|e| anyhow::anyhow!("saving {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("renaming to {}: {e}", path.display()))?;
+    Ok(())
+}

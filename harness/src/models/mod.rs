@@ -1,0 +1,98 @@
+//! Model zoo: one file per family, a registry by name, and a common forward that returns
+//! logits plus the feature taps distillation methods need. Variable names follow the
+//! RepDistiller/mdistiller PyTorch definitions so their state dicts load without renaming.
+//!
+//! Adding a model: a file with `pub static ENTRIES: &[ModelEntry]` (or one more entry in an
+//! existing family), plus one line in [`FAMILIES`].
+
+pub mod resnet_cifar;
+pub mod checkpoint;
+pub mod small;
+
+use tch::{Device, Kind, Tensor, nn};
+
+/// What a forward pass returns.
+pub struct Output {
+    pub logits: Tensor,
+    /// Per-stage features after the activation (stem first, last stage before pooling last).
+    pub feats: Vec<Tensor>,
+    /// The same taps before the final ReLU of each stage (RepDistiller's `preact=True`).
+    pub preact: Vec<Tensor>,
+    /// Pooled penultimate vector (input of the classifier).
+    pub pooled: Tensor,
+}
+
+/// A network. Training-mode BN when `train` is true.
+pub trait Model: Send {
+    fn forward(&self, x: &Tensor, train: bool) -> Output;
+}
+
+/// Build-time settings derived from the dataset.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelCfg {
+    pub in_channels: i64,
+    pub num_classes: i64,
+}
+
+/// Registry entry.
+pub struct ModelEntry {
+    pub name: &'static str,
+    pub family: &'static str,
+    /// Required input (C, H, W), or `None` when any size works (global pooling).
+    pub input: Option<(i64, i64, i64)>,
+    pub build: fn(&nn::Path, ModelCfg) -> Box<dyn Model>,
+}
+
+/// Every model family; `harness models` lists their entries in this order.
+pub static FAMILIES: &[&[ModelEntry]] = &[small::ENTRIES, resnet_cifar::ENTRIES];
+
+/// All entries.
+pub fn entries() -> impl Iterator<Item = &'static ModelEntry> {
+    FAMILIES.iter().flat_map(|f| f.iter())
+}
+
+/// Looks a model up by its suite name.
+pub fn find(name: &str) -> Option<&'static ModelEntry> {
+    entries().find(|e| e.name == name)
+}
+
+/// All model names (for error messages).
+pub fn names() -> Vec<&'static str> {
+    entries().map(|e| e.name).collect()
+}
+
+/// Number of trainable parameters (BN running statistics excluded, as PyTorch's `parameters()`).
+pub fn param_count(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
+}
+
+/// Builds a model on a fresh CPU VarStore and returns its parameter count.
+pub fn count_params(entry: &ModelEntry, cfg: ModelCfg) -> i64 {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _m = (entry.build)(&vs.root(), cfg);
+    param_count(&vs)
+}
+
+/// Feature shapes (per sample) of every tap, from one eval-mode forward of a zero input.
+pub fn feature_shapes(entry: &ModelEntry, cfg: ModelCfg, hw: (i64, i64)) -> Vec<Vec<i64>> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = (entry.build)(&vs.root(), cfg);
+    let x = Tensor::zeros([1, cfg.in_channels, hw.0, hw.1], (Kind::Float, Device::Cpu));
+    let out = tch::no_grad(|| m.forward(&x, false));
+    out.feats.iter().map(|f| f.size()[1..].to_vec()).collect()
+}
+
+/// Conv init used by the reference models: Kaiming normal, fan-out, ReLU gain.
+pub fn conv_init() -> nn::Init {
+    nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanOut, non_linearity: nn::init::NonLinearity::ReLU }
+}
+
+/// 2-D convolution without bias (PyTorch naming: `<path>.weight`).
+pub fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding, bias: false, ws_init: conv_init(), ..Default::default() })
+}
+
+/// BatchNorm2d initialised as PyTorch does (weight 1, bias 0).
+pub fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() })
+}

@@ -1,0 +1,175 @@
+//! Results on disk: `results/<suite>/runs/<run-id>/` with `config.json`, `env.json`,
+//! `metrics.csv`, `summary.json` (its presence means finished), `model.safetensors`, `log.txt`.
+//! Every file is written atomically (temp file in the same directory, fsync, rename), and a
+//! lock file keeps two processes off one run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::suite::RunSpec;
+
+/// Final metrics of a finished run (`summary.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub id: String,
+    pub epochs: u32,
+    /// Best test top-1 over epochs (the DKD/mdistiller convention) and its 1-based epoch.
+    pub best_top1: f64,
+    pub best_epoch: u32,
+    /// Last-epoch test top-1 (the CRD/RepDistiller convention).
+    pub last_top1: f64,
+    pub last_top5: f64,
+    /// ECE with 15 bins, as a fraction.
+    pub last_ece: f64,
+    pub last_test_loss: f64,
+    /// Top-1 agreement with the teacher on the test set (students with a teacher).
+    pub agreement: Option<f64>,
+    /// Mean KL(teacher‖student) at T = 1 on the test set, in nats.
+    pub pred_kl: Option<f64>,
+    /// The teacher's own test top-1 (evaluated once for checkpoint teachers, read for run teachers).
+    pub teacher_top1: Option<f64>,
+    pub param_count: i64,
+    pub wall_time_s: f64,
+    /// Training images per second (training steps only, evaluation excluded).
+    pub images_per_s: f64,
+    pub finished_unix: u64,
+}
+
+/// One run's directory.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// `<results>/<suite>/runs/<id>`.
+    pub fn new(results: &Path, suite: &str, id: &str) -> RunDir {
+        RunDir { path: results.join(suite).join("runs").join(id) }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.path.join("config.json")
+    }
+    pub fn env(&self) -> PathBuf {
+        self.path.join("env.json")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.path.join("metrics.csv")
+    }
+    pub fn summary(&self) -> PathBuf {
+        self.path.join("summary.json")
+    }
+    pub fn model(&self) -> PathBuf {
+        self.path.join("model.safetensors")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.path.join("log.txt")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.path.join("lock")
+    }
+
+    /// True when `summary.json` exists.
+    pub fn is_finished(&self) -> bool {
+        self.summary().is_file()
+    }
+
+    pub fn read_spec(&self) -> anyhow::Result<RunSpec> {
+        read_json(&self.config())
+    }
+
+    pub fn read_summary(&self) -> anyhow::Result<Summary> {
+        read_json(&self.summary())
+    }
+
+    /// Removes the partial outputs of an unfinished run so it restarts cleanly.
+    pub fn clear_partial(&self) -> anyhow::Result<()> {
+        for p in [self.metrics(), self.model(), self.env()] {
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and parses a JSON file, naming it on error.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Writes `bytes` to `path` atomically: a reader sees the old file or the new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("path has no parent directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Pretty JSON, written atomically.
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let mut s = serde_json::to_string_pretty(value).context("serialising JSON")?;
+    s.push('\n');
+    write_atomic(path, s.as_bytes())
+}
+
+/// An exclusive claim on a run directory, released on drop. A lock left by a dead process
+/// (same host, pid gone) is taken over; a live one is respected.
+pub struct Lock {
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Tries to take the lock; `Ok(None)` when another live process holds it.
+    pub fn acquire(run: &RunDir) -> anyhow::Result<Option<Lock>> {
+        std::fs::create_dir_all(&run.path).with_context(|| format!("creating {}", run.path.display()))?;
+        let path = run.lock();
+        let me = format!("{} {}\n", std::process::id(), hostname());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(me.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(Some(Lock { path }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let held = std::fs::read_to_string(&path).unwrap_or_default();
+                    let mut it = held.split_whitespace();
+                    let pid: Option<u32> = it.next().and_then(|p| p.parse().ok());
+                    let host = it.next().unwrap_or("");
+                    let alive = match pid {
+                        Some(pid) if host == hostname() => Path::new(&format!("/proc/{pid}")).exists(),
+                        Some(_) => true, // another host: cannot tell, respect it
+                        None => false,   // empty or garbled: a crash between create and write
+                    };
+                    if alive {
+                        return Ok(None);
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// This machine's host name (for lock ownership).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,646 @@
+//! Suites: the TOML schema, validation with file:line errors, grid expansion (zip × product),
+//! and the resolved, content-addressed run list (`Plan`).
+//!
+//! ```toml
+//! [suite]
+//! name = "quick"
+//! dataset = "digits"
+//! seeds = [0, 1, 2]
+//! [train]                      # default recipe (any key of `Recipe`)
+//! epochs = 30
+//! [teachers.cnn]               # a named teacher: trained once, shared by its students
+//! model = "cnn_small"
+//! train = { epochs = 40 }      # (or checkpoint = "file.safetensors")
+//! [methods.kd]                 # suite-wide method parameters
+//! tau = 4.0
+//! [grid]
+//! pair = [{ teacher = "cnn", student = "cnn_tiny" }]   # array of tables: a zipped axis
+//! method = ["ce", "kd"]                                 # array of values: a crossed axis
+//! ```
+//! Grid keys: `teacher`, `student`, `method`, `seed`, `save_model`, `train.<recipe key>`,
+//! `teacher.train.<recipe key>`, `teacher.seed`, `<method>.<param>`.
+
+pub mod source;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+pub use source::Seg;
+use source::{Source, type_name, unknown};
+pub use spec::{DataRef, ParamValue, Recipe, Role, RunSpec, TeacherRef};
+
+use crate::error::InputError;
+use crate::{data, distill, models};
+
+/// A validated suite file, before expansion.
+pub struct Suite {
+    pub name: String,
+    pub description: String,
+    pub dataset: String,
+    /// `[suite].data_dir`, resolved against the suite file's directory.
+    pub data_dir: Option<PathBuf>,
+    pub seeds: Vec<u64>,
+    pub train: Recipe,
+    pub teachers: BTreeMap<String, TeacherDecl>,
+    /// `[methods.<name>]` parameter overrides.
+    pub methods: BTreeMap<String, BTreeMap<String, (toml::Value, Vec<Seg>)>>,
+    pub axes: Vec<Axis>,
+    src: Source,
+}
+
+/// A `[teachers.<name>]` table.
+pub struct TeacherDecl {
+    pub model: String,
+    pub seed: u64,
+    pub train: Vec<(String, toml::Value, Vec<Seg>)>,
+    pub checkpoint: Option<PathBuf>,
+    path: Vec<Seg>,
+}
+
+/// A key assignment inside a grid point, with where it came from (for errors).
+#[derive(Clone, Debug)]
+pub struct Setting {
+    pub key: String,
+    pub value: toml::Value,
+    pub path: Vec<Seg>,
+}
+
+/// One grid axis: a crossed list of values for one key, or a zipped list of key groups.
+#[derive(Clone, Debug)]
+pub enum Axis {
+    Product { key: String, values: Vec<Setting> },
+    Zip { name: String, entries: Vec<Vec<Setting>> },
+}
+
+impl Axis {
+    fn len(&self) -> usize {
+        match self {
+            Axis::Product { values, .. } => values.len(),
+            Axis::Zip { entries, .. } => entries.len(),
+        }
+    }
+    fn point(&self, i: usize) -> Vec<Setting> {
+        match self {
+            Axis::Product { values, .. } => vec![values[i].clone()],
+            Axis::Zip { entries, .. } => entries[i].clone(),
+        }
+    }
+}
+
+/// One planned run and the runs it waits for.
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    pub spec: RunSpec,
+    pub deps: Vec<String>,
+}
+
+/// The expanded suite: runs in execution order (teachers first), deduplicated by id.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub suite: String,
+    pub runs: Vec<PlannedRun>,
+    /// Grid points before deduplication.
+    pub points: usize,
+}
+
+impl Plan {
+    pub fn teachers(&self) -> usize {
+        self.runs.iter().filter(|r| r.spec.role == Role::Teacher).count()
+    }
+    pub fn students(&self) -> usize {
+        self.runs.len() - self.teachers()
+    }
+}
+
+const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid"];
+const SUITE_KEYS: &[&str] = &["name", "description", "dataset", "data_dir", "seeds"];
+const TEACHER_KEYS: &[&str] = &["model", "seed", "train", "checkpoint"];
+const GRID_KEYS: &[&str] = &["teacher", "student", "method", "seed", "save_model", "train.<key>", "teacher.train.<key>", "teacher.seed", "<method>.<param>"];
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+fn input(msg: String) -> anyhow::Error {
+    anyhow::Error::new(InputError(msg))
+}
+
+impl Suite {
+    /// Reads and validates a suite file. Errors are [`InputError`]s naming file, line and key.
+    pub fn load(path: &Path) -> anyhow::Result<Suite> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| input(format!("{}: cannot read suite file: {e}", path.display())))?;
+        Suite::parse(path, text)
+    }
+
+    /// Validates suite text (`path` is used for messages and relative paths).
+    pub fn parse(path: &Path, text: String) -> anyhow::Result<Suite> {
+        let src = Source::parse(path, text).map_err(input)?;
+        let t = &src.table;
+        for k in t.keys() {
+            if !SUITE_SECTIONS.contains(&k.as_str()) {
+                return Err(input(src.error(&[key(k)], unknown("section", k, SUITE_SECTIONS))));
+            }
+        }
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+        // [suite]
+        let s = table_at(&src, t, "suite")?.ok_or_else(|| {
+            input(format!("{}: missing [suite] section (needs at least `name` and `dataset`)", path.display()))
+        })?;
+        for k in s.keys() {
+            if !SUITE_KEYS.contains(&k.as_str()) {
+                return Err(input(src.error(&[key("suite"), key(k)], unknown("key", k, SUITE_KEYS))));
+            }
+        }
+        let name = req_str(&src, s, &[key("suite")], "name")?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(input(src.error(&[key("suite"), key("name")], "expected letters, digits, `_` or `-` (it names the results directory)")));
+        }
+        let description = opt_str(&src, s, &[key("suite")], "description")?.unwrap_or_default();
+        let dataset = req_str(&src, s, &[key("suite")], "dataset")?;
+        let names: Vec<&str> = data::DATASETS.iter().map(|d| d.name).collect();
+        if !names.contains(&dataset.as_str()) {
+            return Err(input(src.error(&[key("suite"), key("dataset")], unknown("dataset", &dataset, &names))));
+        }
+        let data_dir = opt_str(&src, s, &[key("suite")], "data_dir")?.map(|d| base_dir.join(d));
+        let seeds = match s.get("seeds") {
+            None => vec![0],
+            Some(v) => {
+                let p = [key("suite"), key("seeds")];
+                let arr = v.as_array().ok_or_else(|| input(src.error(&p, format!("expected an array of integers, found {}", type_name(v)))))?;
+                if arr.is_empty() {
+                    return Err(input(src.error(&p, "expected at least one seed")));
+                }
+                arr.iter().map(|x| seed_of(x).map_err(|m| input(src.error(&p, m)))).collect::<anyhow::Result<Vec<_>>>()?
+            }
+        };
+
+        // [train]
+        let mut train = Recipe::default();
+        if let Some(tr) = table_at(&src, t, "train")? {
+            for (k, v) in tr {
+                train.set(k, v).map_err(|m| input(src.error(&[key("train"), key(k)], m)))?;
+            }
+            train.check().map_err(|m| input(src.error(&[key("train")], m)))?;
+        }
+
+        // [teachers.<name>]
+        let mut teachers = BTreeMap::new();
+        if let Some(ts) = table_at(&src, t, "teachers")? {
+            for (tname, tv) in ts {
+                let p = vec![key("teachers"), key(tname)];
+                let tt = tv.as_table().ok_or_else(|| input(src.error(&p, format!("expected a table, found {}", type_name(tv)))))?;
+                for k in tt.keys() {
+                    if !TEACHER_KEYS.contains(&k.as_str()) {
+                        let mut kp = p.clone();
+                        kp.push(key(k));
+                        return Err(input(src.error(&kp, unknown("key", k, TEACHER_KEYS))));
+                    }
+                }
+                let model = req_str(&src, tt, &p, "model")?;
+                check_model(&src, &[p.clone(), vec![key("model")]].concat(), &model)?;
+                let seed = match tt.get("seed") {
+                    None => 0,
+                    Some(v) => seed_of(v).map_err(|m| input(src.error(&[p.clone(), vec![key("seed")]].concat(), m)))?,
+                };
+                let mut overrides = Vec::new();
+                if let Some(trv) = tt.get("train") {
+                    let tp = [p.clone(), vec![key("train")]].concat();
+                    let trt = trv.as_table().ok_or_else(|| input(src.error(&tp, format!("expected a table, found {}", type_name(trv)))))?;
+                    for (k, v) in trt {
+                        let kp = [tp.clone(), vec![key(k)]].concat();
+                        // Validate now so errors point here, not at first use.
+                        Recipe::default().set(k, v).map_err(|m| input(src.error(&kp, m)))?;
+                        overrides.push((k.clone(), v.clone(), kp));
+                    }
+                }
+                let checkpoint = opt_str(&src, tt, &p, "checkpoint")?.map(|c| base_dir.join(c));
+                teachers.insert(tname.clone(), TeacherDecl { model, seed, train: overrides, checkpoint, path: p });
+            }
+        }
+
+        // [methods.<name>]
+        let mut methods = BTreeMap::new();
+        if let Some(ms) = table_at(&src, t, "methods")? {
+            for (mname, mv) in ms {
+                let p = vec![key("methods"), key(mname)];
+                let info = distill::find(mname).ok_or_else(|| input(src.error(&p, unknown("method", mname, &distill::names()))))?;
+                let mt = mv.as_table().ok_or_else(|| input(src.error(&p, format!("expected a table, found {}", type_name(mv)))))?;
+                let mut params = BTreeMap::new();
+                for (k, v) in mt {
+                    let kp = [p.clone(), vec![key(k)]].concat();
+                    info.check_param(k, v).map_err(|m| input(src.error(&kp, m)))?;
+                    params.insert(k.clone(), (v.clone(), kp));
+                }
+                methods.insert(mname.clone(), params);
+            }
+        }
+
+        // [grid]
+        let mut axes = Vec::new();
+        if let Some(g) = table_at(&src, t, "grid")? {
+            let mut flat = Vec::new();
+            flatten(g, String::new(), vec![key("grid")], &mut flat);
+            for (k, v, p) in flat {
+                let arr = v.as_array().ok_or_else(|| input(src.error(&p, format!("expected an array (a grid axis), found {}", type_name(&v)))))?;
+                if arr.is_empty() {
+                    return Err(input(src.error(&p, "expected at least one value on the axis")));
+                }
+                if arr.iter().all(|x| x.is_table()) {
+                    let mut entries = Vec::new();
+                    for (i, e) in arr.iter().enumerate() {
+                        let mut ep = p.clone();
+                        ep.push(Seg::Idx(i));
+                        let mut settings = Vec::new();
+                        let mut ef = Vec::new();
+                        flatten(e.as_table().into_iter().flatten(), String::new(), ep, &mut ef);
+                        for (ek, evv, epp) in ef {
+                            check_grid_key(&src, &epp, &ek)?;
+                            check_grid_value(&src, &epp, &ek, &evv, &teachers)?;
+                            settings.push(Setting { key: ek, value: evv, path: epp });
+                        }
+                        entries.push(settings);
+                    }
+                    axes.push(Axis::Zip { name: k, entries });
+                } else if arr.iter().any(|x| x.is_table()) {
+                    return Err(input(src.error(&p, "an axis is either all tables (zipped) or all values (crossed), not a mix")));
+                } else {
+                    check_grid_key(&src, &p, &k)?;
+                    for (i, x) in arr.iter().enumerate() {
+                        let mut vp = p.clone();
+                        vp.push(Seg::Idx(i));
+                        check_grid_value(&src, &vp, &k, x, &teachers)?;
+                    }
+                    let values = arr
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| {
+                            let mut vp = p.clone();
+                            vp.push(Seg::Idx(i));
+                            Setting { key: k.clone(), value: x.clone(), path: vp }
+                        })
+                        .collect();
+                    axes.push(Axis::Product { key: k, values });
+                }
+            }
+        }
+        // Two axes must not set the same key: the result would depend on axis order.
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for a in &axes {
+            let (aname, keys): (String, Vec<String>) = match a {
+                Axis::Product { key, .. } => (key.clone(), vec![key.clone()]),
+                Axis::Zip { name, entries } => {
+                    let mut ks: Vec<String> = entries.iter().flatten().map(|s| s.key.clone()).collect();
+                    ks.sort();
+                    ks.dedup();
+                    (name.clone(), ks)
+                }
+            };
+            for k in keys {
+                if let Some(prev) = owner.insert(k.clone(), aname.clone()) {
+                    return Err(input(src.error(&[key("grid"), key(&aname)], format!("key `{k}` is also set by axis `{prev}`; set each key on one axis only"))));
+                }
+            }
+        }
+        if owner.contains_key("seed") && t.get("suite").and_then(|s| s.get("seeds")).is_some() {
+            return Err(input(src.error(&[key("suite"), key("seeds")], "seeds are given both here and as a grid axis `seed`; keep one")));
+        }
+
+        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, src })
+    }
+
+    /// The suite file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.src.path
+    }
+
+    /// Expands the grid into resolved runs for a dataset (its fingerprint goes into every id).
+    /// Deterministic: axes in key order, seeds innermost; duplicates (same id) are merged.
+    pub fn expand(&self, data: &DataRef) -> anyhow::Result<Plan> {
+        let info = data::info(&self.dataset).ok_or_else(|| input(format!("unknown dataset {}", self.dataset)))?;
+        let mut axes = self.axes.clone();
+        if !axes.iter().any(|a| matches!(a, Axis::Product { key, .. } if key == "seed"))
+            && !axes.iter().any(|a| matches!(a, Axis::Zip { entries, .. } if entries.iter().flatten().any(|s| s.key == "seed")))
+        {
+            let values = self
+                .seeds
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Setting { key: "seed".into(), value: toml::Value::Integer(*s as i64), path: vec![key("suite"), key("seeds"), Seg::Idx(i)] })
+                .collect();
+            axes.push(Axis::Product { key: "seed".into(), values });
+        }
+        let total: usize = axes.iter().map(Axis::len).product();
+        let mut teachers: Vec<PlannedRun> = Vec::new();
+        let mut students: Vec<PlannedRun> = Vec::new();
+        let mut index: BTreeMap<String, (Role, usize)> = BTreeMap::new();
+        for n in 0..total {
+            // Mixed-radix decomposition: the first axis varies slowest.
+            let mut rem = n;
+            let mut point = Vec::new();
+            let mut idx = vec![0; axes.len()];
+            for (ai, a) in axes.iter().enumerate().rev() {
+                idx[ai] = rem % a.len();
+                rem /= a.len();
+            }
+            for (ai, a) in axes.iter().enumerate() {
+                point.extend(a.point(idx[ai]));
+            }
+            let (teacher, student) = self.resolve(&point, data, info)?;
+            if let Some(t) = teacher {
+                add_run(&mut index, &mut teachers, &mut students, PlannedRun { spec: t, deps: vec![] });
+            }
+            add_run(&mut index, &mut teachers, &mut students, student);
+        }
+        let mut runs = teachers;
+        runs.extend(students);
+        Ok(Plan { suite: self.name.clone(), runs, points: total })
+    }
+
+    /// Resolves one grid point into (teacher run if trained here, student run).
+    fn resolve(&self, point: &[Setting], data: &DataRef, info: &data::DatasetInfo) -> anyhow::Result<(Option<RunSpec>, PlannedRun)> {
+        let get = |k: &str| point.iter().find(|s| s.key == k);
+        let err = |s: &Setting, m: String| input(self.src.error(&s.path, m));
+        let str_of = |s: &Setting| -> anyhow::Result<String> {
+            s.value.as_str().map(str::to_string).ok_or_else(|| err(s, format!("expected a string, found {}", type_name(&s.value))))
+        };
+
+        let student = get("student").ok_or_else(|| {
+            input(format!("{}: the grid sets no `student`; add e.g. `student = [\"resnet8x4\"]` under [grid] or in a `pair` entry", self.src.path.display()))
+        })?;
+        let model = str_of(student)?;
+        check_model_for(&self.src, &student.path, &model, info)?;
+
+        let method = match get("method") {
+            Some(s) => str_of(s)?,
+            None => "ce".to_string(),
+        };
+        let minfo = match distill::find(&method) {
+            Some(m) => m,
+            None => {
+                let s = get("method").ok_or_else(|| input(format!("unknown method {method}")))?;
+                return Err(err(s, unknown("method", &method, &distill::names())));
+            }
+        };
+
+        let mut params: BTreeMap<String, ParamValue> = BTreeMap::new();
+        for p in minfo.params {
+            params.insert(p.name.to_string(), p.default.clone());
+        }
+        if let Some(over) = self.methods.get(&method) {
+            for (k, (v, path)) in over {
+                let pv = minfo.check_param(k, v).map_err(|m| input(self.src.error(path, m)))?;
+                params.insert(k.clone(), pv);
+            }
+        }
+        let mut train = self.train.clone();
+        let mut seed = 0u64;
+        let mut save_model = false;
+        for s in point {
+            let k = s.key.as_str();
+            if let Some(r) = k.strip_prefix("train.") {
+                train.set(r, &s.value).map_err(|m| err(s, m))?;
+            } else if k == "seed" {
+                seed = seed_of(&s.value).map_err(|m| err(s, m))?;
+            } else if k == "save_model" {
+                save_model = s.value.as_bool().ok_or_else(|| err(s, format!("expected true or false, found {}", type_name(&s.value))))?;
+            } else if let Some((m, p)) = k.split_once('.') {
+                if m == method {
+                    let pv = minfo.check_param(p, &s.value).map_err(|e| err(s, e))?;
+                    params.insert(p.to_string(), pv);
+                } else if let Some(other) = distill::find(m) {
+                    other.check_param(p, &s.value).map_err(|e| err(s, e))?;
+                }
+            }
+        }
+        train.check().map_err(|m| err(student, m))?;
+
+        let mut teacher_run = None;
+        let mut deps = Vec::new();
+        let teacher = if minfo.needs_teacher {
+            let ts = get("teacher").ok_or_else(|| {
+                err(get("method").unwrap_or(student), format!("method `{method}` needs a teacher; set `teacher` in the grid (a [teachers.<name>] entry or a model name)"))
+            })?;
+            let tname = str_of(ts)?;
+            let (tmodel, mut tseed, overrides, checkpoint) = match self.teachers.get(&tname) {
+                Some(d) => (d.model.clone(), d.seed, d.train.clone(), d.checkpoint.clone()),
+                None if models::find(&tname).is_some() => (tname.clone(), 0, vec![], None),
+                None => {
+                    let mut allowed: Vec<&str> = self.teachers.keys().map(String::as_str).collect();
+                    allowed.extend(models::names());
+                    return Err(err(ts, unknown("teacher", &tname, &allowed)));
+                }
+            };
+            check_model_for(&self.src, &ts.path, &tmodel, info)?;
+            if let Some(ck) = checkpoint {
+                let decl_path = self.teachers.get(&tname).map(|d| d.path.clone()).unwrap_or_default();
+                let bytes = std::fs::read(&ck).map_err(|e| {
+                    input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("cannot read checkpoint {}: {e}", ck.display())))
+                })?;
+                Some(TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: blake3::hash(&bytes).to_hex().to_string() })
+            } else {
+                let mut ttrain = self.train.clone();
+                for (k, v, p) in &overrides {
+                    ttrain.set(k, v).map_err(|m| input(self.src.error(p, m)))?;
+                }
+                for s in point {
+                    if let Some(r) = s.key.strip_prefix("teacher.train.") {
+                        ttrain.set(r, &s.value).map_err(|m| err(s, m))?;
+                    } else if s.key == "teacher.seed" {
+                        tseed = seed_of(&s.value).map_err(|m| err(s, m))?;
+                    }
+                }
+                ttrain.check().map_err(|m| err(ts, m))?;
+                let ce = distill::find("ce").context("method registry lacks ce")?;
+                let mut tparams = BTreeMap::new();
+                for p in ce.params {
+                    tparams.insert(p.name.to_string(), p.default.clone());
+                }
+                let mut t = RunSpec {
+                    id: String::new(),
+                    suite: self.name.clone(),
+                    role: Role::Teacher,
+                    dataset: data.clone(),
+                    model: tmodel.clone(),
+                    method: "ce".into(),
+                    params: tparams,
+                    train: ttrain,
+                    seed: tseed,
+                    teacher: None,
+                    save_model: true,
+                };
+                t.id = t.compute_id();
+                deps.push(t.id.clone());
+                let r = TeacherRef::Run { id: t.id.clone(), model: tmodel };
+                teacher_run = Some(t);
+                Some(r)
+            }
+        } else {
+            None
+        };
+
+        let mut spec = RunSpec {
+            id: String::new(),
+            suite: self.name.clone(),
+            role: Role::Student,
+            dataset: data.clone(),
+            model,
+            method,
+            params,
+            train,
+            seed,
+            teacher,
+            save_model,
+        };
+        spec.id = spec.compute_id();
+        Ok((teacher_run, PlannedRun { spec, deps }))
+    }
+}
+
+/// Adds a run unless its id exists; a run that is both a teacher and a student becomes a teacher.
+fn add_run(index: &mut BTreeMap<String, (Role, usize)>, teachers: &mut Vec<PlannedRun>, students: &mut Vec<PlannedRun>, run: PlannedRun) {
+    match index.get(&run.spec.id).copied() {
+        None => {
+            let id = run.spec.id.clone();
+            match run.spec.role {
+                Role::Teacher => {
+                    index.insert(id, (Role::Teacher, teachers.len()));
+                    teachers.push(run);
+                }
+                Role::Student => {
+                    index.insert(id, (Role::Student, students.len()));
+                    students.push(run);
+                }
+            }
+        }
+        Some((Role::Student, i)) if run.spec.role == Role::Teacher => {
+            // Promote: the earlier student entry is the same computation; keep it as the teacher.
+            let mut s = students.remove(i);
+            s.spec.role = Role::Teacher;
+            s.spec.save_model = true;
+            for (_, (r, j)) in index.iter_mut() {
+                if *r == Role::Student && *j > i {
+                    *j -= 1;
+                }
+            }
+            index.insert(s.spec.id.clone(), (Role::Teacher, teachers.len()));
+            teachers.push(s);
+        }
+        Some((Role::Student, i)) => students[i].spec.save_model |= run.spec.save_model,
+        Some((Role::Teacher, _)) => {}
+    }
+}
+
+fn flatten<'a>(t: impl IntoIterator<Item = (&'a String, &'a toml::Value)>, prefix: String, path: Vec<Seg>, out: &mut Vec<(String, toml::Value, Vec<Seg>)>) {
+    for (k, v) in t {
+        let full = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let mut p = path.clone();
+        p.push(Seg::Key(k.clone()));
+        match v {
+            toml::Value::Table(sub) => flatten(sub, full, p, out),
+            _ => out.push((full, v.clone(), p)),
+        }
+    }
+}
+
+fn check_grid_key(src: &Source, path: &[Seg], k: &str) -> anyhow::Result<()> {
+    let ok = match k {
+        "teacher" | "student" | "method" | "seed" | "save_model" | "teacher.seed" => Ok(()),
+        _ => {
+            if let Some(r) = k.strip_prefix("teacher.train.").or_else(|| k.strip_prefix("train.")) {
+                if spec::RECIPE_KEYS.contains(&r) { Ok(()) } else { Err(unknown("recipe key", r, spec::RECIPE_KEYS)) }
+            } else if let Some((m, p)) = k.split_once('.') {
+                match distill::find(m) {
+                    Some(info) if info.params.iter().any(|d| d.name == p) => Ok(()),
+                    Some(info) => {
+                        let allowed: Vec<&str> = info.params.iter().map(|d| d.name).collect();
+                        Err(unknown(&format!("parameter of method `{m}`"), p, &allowed))
+                    }
+                    None => Err(unknown("method", m, &distill::names())),
+                }
+            } else {
+                Err(unknown("grid key", k, GRID_KEYS))
+            }
+        }
+    };
+    ok.map_err(|m| input(src.error(path, m)))
+}
+
+/// Early checks of names in the grid (the full check happens when a point is resolved).
+fn check_grid_value(src: &Source, path: &[Seg], k: &str, v: &toml::Value, teachers: &BTreeMap<String, TeacherDecl>) -> anyhow::Result<()> {
+    let name = || -> anyhow::Result<&str> { v.as_str().ok_or_else(|| input(src.error(path, format!("expected a string, found {}", type_name(v))))) };
+    match k {
+        "student" => check_model(src, path, name()?),
+        "method" => {
+            let m = name()?;
+            if distill::find(m).is_none() {
+                return Err(input(src.error(path, unknown("method", m, &distill::names()))));
+            }
+            Ok(())
+        }
+        "teacher" => {
+            let t = name()?;
+            if !teachers.contains_key(t) && models::find(t).is_none() {
+                let mut allowed: Vec<&str> = teachers.keys().map(String::as_str).collect();
+                allowed.extend(models::names());
+                return Err(input(src.error(path, unknown("teacher", t, &allowed))));
+            }
+            Ok(())
+        }
+        "seed" | "teacher.seed" => seed_of(v).map(|_| ()).map_err(|m| input(src.error(path, m))),
+        _ => Ok(()),
+    }
+}
+
+fn check_model(src: &Source, path: &[Seg], name: &str) -> anyhow::Result<()> {
+    if models::find(name).is_none() {
+        return Err(input(src.error(path, unknown("model", name, &models::names()))));
+    }
+    Ok(())
+}
+
+fn check_model_for(src: &Source, path: &[Seg], name: &str, info: &data::DatasetInfo) -> anyhow::Result<()> {
+    check_model(src, path, name)?;
+    if let Some(m) = models::find(name) {
+        if let Some(need) = m.input {
+            if need != info.shape {
+                return Err(input(src.error(
+                    path,
+                    format!("model `{name}` needs {}x{}x{} inputs but dataset `{}` has {}x{}x{}", need.0, need.1, need.2, info.name, info.shape.0, info.shape.1, info.shape.2),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn table_at<'a>(src: &Source, t: &'a toml::Table, k: &str) -> anyhow::Result<Option<&'a toml::Table>> {
+    match t.get(k) {
+        None => Ok(None),
+        Some(toml::Value::Table(tt)) => Ok(Some(tt)),
+        Some(v) => Err(input(src.error(&[key(k)], format!("expected a table, found {}", type_name(v))))),
+    }
+}
+
+fn opt_str(src: &Source, t: &toml::Table, at: &[Seg], k: &str) -> anyhow::Result<Option<String>> {
+    match t.get(k) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(input(src.error(&[at.to_vec(), vec![key(k)]].concat(), format!("expected a string, found {}", type_name(v))))),
+    }
+}
+
+fn req_str(src: &Source, t: &toml::Table, at: &[Seg], k: &str) -> anyhow::Result<String> {
+    opt_str(src, t, at, k)?.ok_or_else(|| input(src.error(at, format!("missing required key `{k}`"))))
+}
+
+fn seed_of(v: &toml::Value) -> Result<u64, String> {
+    match v {
+        toml::Value::Integer(i) if *i >= 0 => Ok(*i as u64),
+        other => Err(format!("expected a non-negative integer seed, found {}", type_name(other))),
+    }
+}

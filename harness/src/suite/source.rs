@@ -1,0 +1,108 @@
+//! The suite file as text plus a span index, so every validation error can name its line.
+
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+
+/// One step in a path into the TOML document.
+#[derive(Clone, Debug)]
+pub enum Seg {
+    Key(String),
+    Idx(usize),
+}
+
+/// A parsed suite file: typed values (`toml::Table`) and the raw text for locating keys.
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+    pub table: toml::Table,
+}
+
+impl Source {
+    /// Parses `text` (read from `path`); a syntax error names file and line.
+    pub fn parse(path: &Path, text: String) -> Result<Self, String> {
+        match toml::from_str::<toml::Table>(&text) {
+            Ok(table) => Ok(Source { path: path.to_path_buf(), text, table }),
+            Err(e) => {
+                let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(0);
+                Err(format!("{}:{}: invalid TOML: {}", path.display(), line, e.message()))
+            }
+        }
+    }
+
+    /// 1-based line of the value at `path`, or of the nearest enclosing item that exists.
+    pub fn line(&self, path: &[Seg]) -> usize {
+        let Ok(doc) = DeTable::parse(&self.text) else { return 0 };
+        let mut best = 0usize;
+        let root = DeValue::Table(doc.into_inner());
+        let mut cur: &DeValue = &root;
+        for seg in path {
+            let next = match seg {
+                Seg::Key(k) => cur.get(k.as_str()),
+                Seg::Idx(i) => cur.get(*i),
+            };
+            match next {
+                Some(v) => {
+                    best = line_of(&self.text, v.span().start);
+                    cur = v.get_ref();
+                }
+                None => break,
+            }
+        }
+        best
+    }
+
+    /// `file:line: key: message`, the format of every suite error.
+    pub fn error(&self, path: &[Seg], msg: impl std::fmt::Display) -> String {
+        format!("{}:{}: `{}`: {}", self.path.display(), self.line(path), dotted(path), msg)
+    }
+}
+
+/// Renders a path as `a.b[2].c`.
+pub fn dotted(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Idx(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// "unknown key `x`; did you mean `y`? allowed: a, b, c".
+pub fn unknown(what: &str, got: &str, allowed: &[&str]) -> String {
+    let best = allowed
+        .iter()
+        .map(|a| (strsim::levenshtein(got, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 3))
+        .min();
+    let mut msg = format!("unknown {what} `{got}`");
+    if let Some((_, a)) = best {
+        msg.push_str(&format!("; did you mean `{a}`?"));
+    }
+    msg.push_str(&format!(" allowed: {}", allowed.join(", ")));
+    msg
+}
+
+/// Human name of a TOML value's type, for "expected X, found Y" messages.
+pub fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "string",
+        toml::Value::Integer(_) => "integer",
+        toml::Value::Float(_) => "float",
+        toml::Value::Boolean(_) => "boolean",
+        toml::Value::Datetime(_) => "datetime",
+        toml::Value::Array(_) => "array",
+        toml::Value::Table(_) => "table",
+    }
+}

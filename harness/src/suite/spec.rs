@@ -1,0 +1,264 @@
+//! Fully resolved run specifications and their content-addressed ids.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The training recipe: optimiser and schedule. Epochs are 1-based; the lr for epoch `e` is
+/// `lr · gamma^(#milestones < e)` (mdistiller/RepDistiller: epoch 151 is the first at 0.1× for 150).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Recipe {
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub milestones: Vec<u32>,
+    pub gamma: f64,
+    /// Random crop (dataset padding) + horizontal flip (where the dataset allows it).
+    pub augment: bool,
+}
+
+impl Default for Recipe {
+    /// The CIFAR-100 recipe shared by CRD, DKD and their successors (anchors.md §2.1).
+    fn default() -> Self {
+        Recipe {
+            epochs: 240,
+            batch_size: 64,
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            milestones: vec![150, 180, 210],
+            gamma: 0.1,
+            augment: true,
+        }
+    }
+}
+
+/// Keys a `[train]` table (or a `train.<key>` axis) may set.
+pub const RECIPE_KEYS: &[&str] =
+    &["epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma", "augment"];
+
+impl Recipe {
+    /// Learning rate in effect during 1-based `epoch`.
+    pub fn lr_at(&self, epoch: u32) -> f64 {
+        let n = self.milestones.iter().filter(|&&m| m < epoch).count() as i32;
+        self.lr * self.gamma.powi(n)
+    }
+
+    /// Sets one key from a TOML value; the error says what was expected.
+    pub fn set(&mut self, key: &str, v: &toml::Value) -> Result<(), String> {
+        match key {
+            "epochs" => self.epochs = positive_int(v)?,
+            "batch_size" => self.batch_size = positive_int(v)?,
+            "lr" => self.lr = positive_float(v)?,
+            "momentum" => {
+                let m = float(v)?;
+                if !(0.0..1.0).contains(&m) {
+                    return Err(format!("expected a number in [0, 1), found {m}"));
+                }
+                self.momentum = m
+            }
+            "nesterov" => self.nesterov = boolean(v)?,
+            "weight_decay" => {
+                let w = float(v)?;
+                if w < 0.0 {
+                    return Err(format!("expected a number >= 0, found {w}"));
+                }
+                self.weight_decay = w
+            }
+            "milestones" => {
+                let arr = v.as_array().ok_or_else(|| format!("expected an array of epochs, found {}", super::source::type_name(v)))?;
+                let mut ms = Vec::new();
+                for x in arr {
+                    ms.push(positive_int(x)?);
+                }
+                if ms.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(format!("expected strictly increasing epochs, found {ms:?}"));
+                }
+                self.milestones = ms
+            }
+            "gamma" => self.gamma = positive_float(v)?,
+            "augment" => self.augment = boolean(v)?,
+            other => return Err(super::source::unknown("recipe key", other, RECIPE_KEYS)),
+        }
+        Ok(())
+    }
+
+    /// Cross-key checks, after all keys are set.
+    pub fn check(&self) -> Result<(), String> {
+        if self.nesterov && self.momentum == 0.0 {
+            return Err("nesterov = true needs momentum > 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn float(v: &toml::Value) -> Result<f64, String> {
+    match v {
+        toml::Value::Float(f) if f.is_finite() => Ok(*f),
+        toml::Value::Integer(i) => Ok(*i as f64),
+        other => Err(format!("expected a number, found {}", super::source::type_name(other))),
+    }
+}
+fn positive_float(v: &toml::Value) -> Result<f64, String> {
+    let f = float(v)?;
+    if f <= 0.0 {
+        return Err(format!("expected a number > 0, found {f}"));
+    }
+    Ok(f)
+}
+fn positive_int(v: &toml::Value) -> Result<u32, String> {
+    match v {
+        toml::Value::Integer(i) if *i >= 1 && *i <= u32::MAX as i64 => Ok(*i as u32),
+        toml::Value::Integer(i) => Err(format!("expected an integer >= 1, found {i}")),
+        other => Err(format!("expected an integer, found {}", super::source::type_name(other))),
+    }
+}
+fn boolean(v: &toml::Value) -> Result<bool, String> {
+    v.as_bool().ok_or_else(|| format!("expected true or false, found {}", super::source::type_name(v)))
+}
+
+/// A method parameter value (typed by the method's declaration, so `4` and `4.0` hash alike).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl ParamValue {
+    /// Numeric value (ints widen); `None` for bools and strings.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            ParamValue::Float(f) => Some(*f),
+            ParamValue::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{b}"),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => write!(f, "{x}"),
+            ParamValue::Str(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Whether a run is a teacher (others depend on its weights) or a student.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Teacher,
+    Student,
+}
+
+/// The dataset a run trains on; the fingerprint (hash of the files) is part of the id.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DataRef {
+    pub name: String,
+    pub fingerprint: String,
+}
+
+/// Where a student's teacher comes from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TeacherRef {
+    /// A teacher trained by this suite (its run id names the sibling run directory).
+    Run { id: String, model: String },
+    /// An external checkpoint; `hash` (blake3 of the file) is what the id depends on.
+    Checkpoint { path: String, model: String, hash: String },
+}
+
+impl TeacherRef {
+    pub fn model(&self) -> &str {
+        match self {
+            TeacherRef::Run { model, .. } | TeacherRef::Checkpoint { model, .. } => model,
+        }
+    }
+}
+
+/// A fully resolved run: every default filled in. Serialised as the run's `config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunSpec {
+    pub id: String,
+    pub suite: String,
+    pub role: Role,
+    pub dataset: DataRef,
+    pub model: String,
+    pub method: String,
+    pub params: BTreeMap<String, ParamValue>,
+    pub train: Recipe,
+    pub seed: u64,
+    pub teacher: Option<TeacherRef>,
+    /// Write `model.safetensors` at the end (always for teachers).
+    pub save_model: bool,
+}
+
+/// What the id hashes: the computation, not where or why it runs (suite, role, saving excluded),
+/// and not the checkpoint's path (only its hash).
+#[derive(Serialize)]
+struct IdView<'a> {
+    schema: u32,
+    dataset: &'a DataRef,
+    model: &'a str,
+    method: &'a str,
+    params: &'a BTreeMap<String, ParamValue>,
+    train: &'a Recipe,
+    seed: u64,
+    teacher: Option<IdTeacher<'a>>,
+}
+
+#[derive(Serialize)]
+enum IdTeacher<'a> {
+    Run(&'a str),
+    Checkpoint(&'a str, &'a str),
+}
+
+/// Bumped when the meaning of a resolved config changes, so old results are not reused.
+pub const ID_SCHEMA: u32 = 1;
+
+impl RunSpec {
+    /// The canonical JSON hashed into the id (field order fixed by the struct, maps sorted).
+    pub fn canonical_json(&self) -> String {
+        let view = IdView {
+            schema: ID_SCHEMA,
+            dataset: &self.dataset,
+            model: &self.model,
+            method: &self.method,
+            params: &self.params,
+            train: &self.train,
+            seed: self.seed,
+            teacher: self.teacher.as_ref().map(|t| match t {
+                TeacherRef::Run { id, .. } => IdTeacher::Run(id),
+                TeacherRef::Checkpoint { model, hash, .. } => IdTeacher::Checkpoint(model, hash),
+            }),
+        };
+        // Serialising plain structs/BTreeMaps cannot fail.
+        serde_json::to_string(&view).unwrap_or_default()
+    }
+
+    /// Content-addressed id: 16 hex digits of blake3(canonical JSON).
+    pub fn compute_id(&self) -> String {
+        let h = blake3::hash(self.canonical_json().as_bytes());
+        h.to_hex()[..16].to_string()
+    }
+
+    /// Short human label, e.g. `cnn_tiny kd(tau=4) <- cnn_small s1`.
+    pub fn label(&self) -> String {
+        let mut s = format!("{} {}", self.model, self.method);
+        if let Some(t) = &self.teacher {
+            s.push_str(&format!(" <- {}", t.model()));
+        }
+        s.push_str(&format!(" seed {}", self.seed));
+        s
+    }
+}

@@ -1,0 +1,258 @@
+//! The training loop: SGD with momentum/nesterov and weight decay, multistep LR, the teacher in
+//! eval mode under no-grad, evaluation on the test split after every epoch, per-epoch metrics.
+//!
+//! Determinism: the global generator is re-seeded from (seed, epoch) before initialisation and at
+//! the start of every epoch, so data order and augmentation of epoch `e` never depend on earlier
+//! epochs' random draws (this also makes per-epoch resume exact).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+
+use crate::data::Dataset;
+use crate::distill::{self, Step, metrics};
+use crate::models::{self, Model, ModelCfg};
+use crate::store::{RunDir, Summary};
+use crate::suite::{RunSpec, TeacherRef};
+
+/// Test-time batch size (does not affect results beyond float reassociation in BN-free ops).
+pub const EVAL_BATCH: i64 = 256;
+
+/// Seed of the global generator for (run seed, epoch); epoch 0 is initialisation.
+pub fn epoch_seed(seed: u64, epoch: u32) -> i64 {
+    let h = blake3::hash(format!("kd-harness/{seed}/{epoch}").as_bytes());
+    let b = h.as_bytes();
+    (u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) >> 1) as i64
+}
+
+/// A built model with its variables.
+pub struct Net {
+    pub vs: nn::VarStore,
+    pub model: Box<dyn Model>,
+}
+
+/// Builds a registry model for a dataset on a device.
+pub fn build(name: &str, data: &Dataset, device: Device) -> anyhow::Result<Net> {
+    let entry = models::find(name).ok_or_else(|| crate::error::InputError::new(format!("unknown model `{name}`; allowed: {}", models::names().join(", "))))?;
+    let vs = nn::VarStore::new(device);
+    let cfg = ModelCfg { in_channels: data.info.shape.0, num_classes: data.info.classes };
+    let model = (entry.build)(&vs.root(), cfg);
+    Ok(Net { vs, model })
+}
+
+/// Test-set logits in dataset order (eval mode, no-grad), on the CPU as float32.
+pub fn test_logits(model: &dyn Model, data: &Dataset) -> Tensor {
+    tch::no_grad(|| {
+        let parts: Vec<Tensor> = data.test_batches(EVAL_BATCH).map(|(x, _)| model.forward(&x, false).logits.to_device(Device::Cpu).to_kind(Kind::Float)).collect();
+        Tensor::cat(&parts, 0)
+    })
+}
+
+/// Accuracy-type metrics of a set of logits.
+#[derive(Clone, Copy, Debug)]
+pub struct Eval {
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub ece: f64,
+}
+
+pub fn evaluate(logits: &Tensor, labels: &Tensor) -> Eval {
+    let labels = labels.to_device(Device::Cpu);
+    Eval {
+        loss: metrics::cross_entropy(logits, &labels),
+        top1: metrics::topk_accuracy(logits, &labels, 1),
+        top5: metrics::topk_accuracy(logits, &labels, 5),
+        ece: metrics::ece(logits, &labels, 15),
+    }
+}
+
+/// A loaded teacher and its test-set accuracy.
+pub struct Teacher {
+    pub net: Net,
+    pub top1: Option<f64>,
+}
+
+/// Loads a student's teacher: a finished run of this suite (sibling run directory) or a checkpoint.
+pub fn load_teacher(tref: &TeacherRef, run: &RunDir, data: &Dataset, device: Device) -> anyhow::Result<Teacher> {
+    match tref {
+        TeacherRef::Run { id, model } => {
+            let dir = RunDir { path: run.path.parent().map(|p| p.join(id)).context("run directory has no parent")? };
+            if !dir.is_finished() {
+                anyhow::bail!("teacher run {id} ({model}) has not finished; run the suite so it trains first");
+            }
+            let mut net = build(model, data, device)?;
+            models::checkpoint::load_strict(&mut net.vs, &dir.model(), model)?;
+            let top1 = dir.read_summary().ok().map(|s| s.last_top1);
+            Ok(Teacher { net, top1 })
+        }
+        TeacherRef::Checkpoint { path, model, hash } => {
+            let p = PathBuf::from(path);
+            let bytes = std::fs::read(&p).map_err(|e| crate::error::InputError::new(format!("{path}: cannot read teacher checkpoint: {e}")))?;
+            let now = blake3::hash(&bytes).to_hex().to_string();
+            if &now != hash {
+                crate::input_bail!("{path}: teacher checkpoint changed since the suite was planned (hash {now}, planned {hash}); re-run `harness run` to re-plan");
+            }
+            let mut net = build(model, data, device)?;
+            models::checkpoint::load_strict(&mut net.vs, &p, model)?;
+            Ok(Teacher { net, top1: None })
+        }
+    }
+}
+
+/// Per-epoch progress reported to the caller (the scheduler prints it).
+pub struct Progress {
+    pub epoch: u32,
+    pub epochs: u32,
+    pub test_top1: f64,
+    pub train_loss: f64,
+}
+
+/// Trains one run to completion, writing `metrics.csv` after every epoch and returning the summary.
+/// The caller writes `summary.json` (the marker of a finished run).
+pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teacher: Option<Teacher>, on_epoch: &mut dyn FnMut(&Progress)) -> anyhow::Result<Summary> {
+    let start = Instant::now();
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.log()).with_context(|| format!("opening {}", run.log().display()))?;
+    let minfo = distill::find(&spec.method).ok_or_else(|| anyhow::anyhow!("unknown method {}", spec.method))?;
+    if minfo.needs_teacher && teacher.is_none() {
+        anyhow::bail!("method {} needs a teacher", spec.method);
+    }
+    let mut distiller = minfo.instantiate(&spec.params)?;
+    tch::manual_seed(epoch_seed(spec.seed, 0));
+    let net = build(&spec.model, data, device)?;
+    let param_count = models::param_count(&net.vs);
+    let r = &spec.train;
+    let mut opt = nn::Sgd { momentum: r.momentum, dampening: 0.0, wd: r.weight_decay, nesterov: r.nesterov }
+        .build(&net.vs, r.lr)
+        .context("building the SGD optimiser")?;
+
+    // The teacher's test logits are fixed: compute them once for agreement / predictive KL.
+    let teacher_test = teacher.as_ref().map(|t| test_logits(t.net.model.as_ref(), data));
+    let mut teacher_top1 = teacher.as_ref().and_then(|t| t.top1);
+    if let (Some(tl), None) = (&teacher_test, teacher_top1) {
+        teacher_top1 = Some(evaluate(tl, &data.test_y).top1);
+    }
+    writeln!(log, "run {} — {} params, device {:?}, teacher top-1 {:?}", spec.id, param_count, device, teacher_top1)?;
+
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut header: Vec<String> = Vec::new();
+    let (mut best_top1, mut best_epoch) = (f64::NEG_INFINITY, 0u32);
+    let mut last = Eval { loss: f64::NAN, top1: 0.0, top5: 0.0, ece: 0.0 };
+    let (mut agreement, mut pred_kl) = (None, None);
+    let mut train_time = 0.0f64;
+    let mut images = 0i64;
+    for epoch in 1..=r.epochs {
+        let lr = r.lr_at(epoch);
+        opt.set_lr(lr);
+        tch::manual_seed(epoch_seed(spec.seed, epoch));
+        let t0 = Instant::now();
+        let mut names: Vec<&'static str> = Vec::new();
+        let mut sums: Vec<Tensor> = Vec::new();
+        let mut total_sum = Tensor::zeros([], (Kind::Float, device));
+        let mut correct = Tensor::zeros([], (Kind::Int64, device));
+        let mut seen = 0i64;
+        for (x, y) in data.train_batches(r.batch_size as i64, r.augment) {
+            let bs = y.size()[0];
+            let t_out = teacher.as_ref().map(|t| tch::no_grad(|| t.net.model.forward(&x, false)));
+            let s_out = net.model.forward(&x, true);
+            let terms = distiller.losses(&Step { student: &s_out, teacher: t_out.as_ref(), labels: &y, epoch })?;
+            if terms.is_empty() {
+                anyhow::bail!("method {} returned no loss terms", spec.method);
+            }
+            let mut total = terms[0].1.shallow_clone();
+            for (_, t) in &terms[1..] {
+                total = total + t;
+            }
+            opt.backward_step(&total);
+            if names.is_empty() {
+                names = terms.iter().map(|(n, _)| *n).collect();
+                sums = terms.iter().map(|_| Tensor::zeros([], (Kind::Float, device))).collect();
+            }
+            for (s, (_, t)) in sums.iter_mut().zip(&terms) {
+                *s += t.detach() * bs as f64;
+            }
+            total_sum += total.detach() * bs as f64;
+            correct += s_out.logits.detach().argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
+            seen += bs;
+        }
+        // One host sync per epoch.
+        let train_loss = total_sum.double_value(&[]) / seen as f64;
+        if !train_loss.is_finite() {
+            writeln!(log, "epoch {epoch}: training loss is {train_loss}; stopping")?;
+            anyhow::bail!("training diverged at epoch {epoch} (loss {train_loss}); lower train.lr or check the method's weights");
+        }
+        let term_means: Vec<f64> = sums.iter().map(|s| s.double_value(&[]) / seen as f64).collect();
+        let train_top1 = correct.int64_value(&[]) as f64 / seen as f64;
+        let epoch_train_s = t0.elapsed().as_secs_f64();
+        train_time += epoch_train_s;
+        images += seen;
+
+        let logits = test_logits(net.model.as_ref(), data);
+        last = evaluate(&logits, &data.test_y);
+        if let Some(tl) = &teacher_test {
+            agreement = Some(metrics::agreement(&logits, tl));
+            pred_kl = Some(metrics::predictive_kl(&logits, tl));
+        }
+        if last.top1 > best_top1 {
+            best_top1 = last.top1;
+            best_epoch = epoch;
+        }
+        if header.is_empty() {
+            header = ["epoch", "lr", "train_loss"].iter().map(|s| s.to_string()).collect();
+            header.extend(names.iter().map(|n| format!("train_{n}")));
+            header.extend(["train_top1", "test_loss", "test_top1", "test_top5", "test_ece", "agreement", "pred_kl", "epoch_time_s", "images_per_s"].iter().map(|s| s.to_string()));
+        }
+        let mut row = vec![epoch.to_string(), format!("{lr}"), format!("{train_loss}")];
+        row.extend(term_means.iter().map(|v| format!("{v}")));
+        let opt_s = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
+        row.extend([
+            format!("{train_top1}"),
+            format!("{}", last.loss),
+            format!("{}", last.top1),
+            format!("{}", last.top5),
+            format!("{}", last.ece),
+            opt_s(agreement),
+            opt_s(pred_kl),
+            format!("{epoch_train_s:.3}"),
+            format!("{:.1}", seen as f64 / epoch_train_s.max(1e-9)),
+        ]);
+        rows.push(row);
+        write_csv(run, &header, &rows)?;
+        writeln!(log, "epoch {epoch}/{}: lr {lr} train_loss {train_loss:.4} test_top1 {:.4} test_loss {:.4} ({epoch_train_s:.1}s)", r.epochs, last.top1, last.loss)?;
+        on_epoch(&Progress { epoch, epochs: r.epochs, test_top1: last.top1, train_loss });
+    }
+    if spec.save_model {
+        models::checkpoint::save_atomic(&net.vs, &run.model())?;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Ok(Summary {
+        id: spec.id.clone(),
+        epochs: r.epochs,
+        best_top1,
+        best_epoch,
+        last_top1: last.top1,
+        last_top5: last.top5,
+        last_ece: last.ece,
+        last_test_loss: last.loss,
+        agreement,
+        pred_kl,
+        teacher_top1,
+        param_count,
+        wall_time_s: start.elapsed().as_secs_f64(),
+        images_per_s: images as f64 / train_time.max(1e-9),
+        finished_unix: now,
+    })
+}
+
+fn write_csv(run: &RunDir, header: &[String], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for r in rows {
+        w.write_record(r)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
+    crate::store::write_atomic(&run.metrics(), &bytes)
+}
