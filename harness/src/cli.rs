@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Runs executed at once (CPU threads are split among them).
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Intra-op threads per run (default: cores / jobs). CPU results are bit-identical for a
+    /// given seed and thread count; a different thread count changes float summation order.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -216,6 +220,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         data_dir,
         device: a.device.clone(),
         jobs: a.jobs,
+        threads: a.threads,
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let outcomes = sched::run_plan(&plan, &opts)?;

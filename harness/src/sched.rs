@@ -22,6 +22,8 @@ pub struct Options {
     pub device: String,
     /// Concurrent child processes.
     pub jobs: usize,
+    /// Intra-op threads per child; `None` splits the cores among the jobs.
+    pub threads: Option<usize>,
     /// Show progress bars (off in tests and when output is not a terminal).
     pub progress: bool,
 }
@@ -57,7 +59,7 @@ pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
     let exe = std::env::current_exe().context("locating the harness executable")?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let jobs = opts.jobs.max(1);
-    let threads = (cores / jobs).max(1);
+    let threads = opts.threads.unwrap_or(cores / jobs).max(1);
 
     let mp = if opts.progress { MultiProgress::new() } else { MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()) };
     let suite_bar = mp.add(ProgressBar::new(n as u64));

@@ -1,0 +1,235 @@
+//! End-to-end tests through the `harness` binary: tiny suites on digits and synthetic CIFAR data,
+//! results layout, skipping finished runs, restarts, determinism, failure isolation, locks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn harness(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_harness")).args(args).current_dir(cwd).output().expect("harness runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+const TINY: &str = r#"
+[suite]
+name = "tiny"
+dataset = "digits"
+seeds = [0]
+
+[train]
+epochs = 2
+batch_size = 128
+lr = 0.05
+milestones = [1]
+
+[teachers.t]
+model = "cnn_tiny"
+train = { epochs = 2 }
+
+[grid]
+pair = [{ teacher = "t", student = "mlp" }]
+method = ["ce", "kd"]
+"#;
+
+fn suite_in(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn run_dirs(results: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(results.join("tiny/runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// metrics.csv without the timing columns (which legitimately differ between runs).
+fn metrics_without_timing(p: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(p).unwrap();
+    let h: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let keep: Vec<usize> = (0..h.len()).filter(|&i| !h[i].contains("time") && !h[i].contains("per_s")).collect();
+    let mut rows = vec![keep.iter().map(|&i| h[i].clone()).collect()];
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        rows.push(keep.iter().map(|&i| rec[i].to_string()).collect());
+    }
+    rows
+}
+
+#[test]
+fn tiny_suite_writes_results_skips_finished_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = suite_in(dir.path(), TINY);
+    let s = suite.to_str().unwrap();
+    let o = harness(&["run", s, "--results", "r1", "--device", "cpu"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("3 finished now, 0 cached"), "{}", text(&o));
+    let runs = run_dirs(&dir.path().join("r1"));
+    assert_eq!(runs.len(), 3);
+    let mut roles = vec![];
+    for r in &runs {
+        for f in ["config.json", "env.json", "metrics.csv", "summary.json", "log.txt"] {
+            assert!(r.join(f).is_file(), "{} lacks {f}", r.display());
+        }
+        assert!(!r.join("lock").exists());
+        let cfg = json(&r.join("config.json"));
+        let sum = json(&r.join("summary.json"));
+        let env = json(&r.join("env.json"));
+        assert_eq!(cfg["id"], r.file_name().unwrap().to_str().unwrap());
+        assert_eq!(sum["epochs"], 2);
+        assert!(env["torch_version"].as_str().unwrap().starts_with("2.11"), "{env}");
+        assert_eq!(env["dataset"]["fingerprint"], cfg["dataset"]["fingerprint"]);
+        let top1 = sum["last_top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1));
+        let rows = metrics_without_timing(&r.join("metrics.csv"));
+        assert_eq!(rows.len(), 3, "header + 2 epochs");
+        let role = cfg["role"].as_str().unwrap().to_string();
+        match (role.as_str(), cfg["method"].as_str().unwrap()) {
+            ("teacher", _) => {
+                assert!(r.join("model.safetensors").is_file());
+                assert!(sum["agreement"].is_null());
+            }
+            (_, "kd") => {
+                assert!(!r.join("model.safetensors").exists());
+                assert!(rows[0].contains(&"train_kd".to_string()) && rows[0].contains(&"agreement".to_string()));
+                let a = sum["agreement"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&a));
+                assert!(sum["pred_kl"].as_f64().unwrap() >= 0.0);
+                assert!(sum["teacher_top1"].as_f64().unwrap() > 0.0);
+            }
+            _ => assert!(sum["agreement"].is_null()),
+        }
+        roles.push(role);
+    }
+    roles.sort();
+    assert_eq!(roles, vec!["student", "student", "teacher"]);
+
+    // Re-running skips every finished run and leaves its files untouched.
+    let before: Vec<_> = runs.iter().map(|r| std::fs::metadata(r.join("summary.json")).unwrap().modified().unwrap()).collect();
+    let o = harness(&["run", s, "--results", "r1", "--device", "cpu"], dir.path());
+    assert!(o.status.success() && text(&o).contains("0 finished now, 3 cached"), "{}", text(&o));
+    let after: Vec<_> = runs.iter().map(|r| std::fs::metadata(r.join("summary.json")).unwrap().modified().unwrap()).collect();
+    assert_eq!(before, after);
+
+    // An unfinished run (no summary) is trained again; the others stay cached.
+    let student = runs.iter().find(|r| json(&r.join("config.json"))["method"] == "kd").unwrap();
+    let old = metrics_without_timing(&student.join("metrics.csv"));
+    std::fs::remove_file(student.join("summary.json")).unwrap();
+    let o = harness(&["run", s, "--results", "r1", "--device", "cpu"], dir.path());
+    assert!(o.status.success() && text(&o).contains("1 finished now, 2 cached"), "{}", text(&o));
+    assert_eq!(metrics_without_timing(&student.join("metrics.csv")), old, "a restarted run reproduces its metrics");
+
+    // Same seed and thread count, fresh results directory, two jobs at once: identical metrics.
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string();
+    let o = harness(&["run", s, "--results", "r2", "--device", "cpu", "--jobs", "2", "--threads", &threads], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    for r in &runs {
+        let other = dir.path().join("r2/tiny/runs").join(r.file_name().unwrap());
+        assert_eq!(metrics_without_timing(&r.join("metrics.csv")), metrics_without_timing(&other.join("metrics.csv")));
+    }
+
+    // `plan` lists the runs with their status.
+    let o = harness(&["plan", s, "--results", "r1"], dir.path());
+    assert!(o.status.success() && text(&o).contains("3 runs = 1 teachers + 2 students") && text(&o).contains("done"), "{}", text(&o));
+
+    // `eval` reproduces the teacher's last-epoch accuracy from its saved weights.
+    let teacher = runs.iter().find(|r| json(&r.join("config.json"))["role"] == "teacher").unwrap();
+    let npy = dir.path().join("logits.npy");
+    let o = harness(
+        &["eval", "--model", "cnn_tiny", "--dataset", "digits", "--device", "cpu", "--checkpoint", teacher.join("model.safetensors").to_str().unwrap(), "--save-logits", npy.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let top1 = json(&teacher.join("summary.json"))["last_top1"].as_f64().unwrap();
+    assert!(text(&o).contains(&format!("top-1 {:.2}%", top1 * 100.0)), "{} vs {top1}", text(&o));
+    let bytes = std::fs::read(&npy).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    assert!(String::from_utf8_lossy(&bytes[..128]).replace(' ', "").contains("(360,10"), "npy header");
+    assert!(String::from_utf8_lossy(&bytes[..128]).contains("<f4"), "float32");
+    assert_eq!(bytes.len() - (bytes[8] as usize + 10), 360 * 10 * 4);
+}
+
+#[test]
+fn bad_suites_exit_2_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = suite_in(dir.path(), &TINY.replace("epochs = 2\nbatch_size", "epoch = 2\nbatch_size"));
+    let o = harness(&["run", suite.to_str().unwrap(), "--results", "r"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("tiny.toml:8:") && text(&o).contains("did you mean `epochs`"), "{}", text(&o));
+    assert!(!dir.path().join("r").exists(), "nothing written on a failed validation");
+    let o = harness(&["run", "missing.toml"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("missing.toml"));
+    let o = harness(&["run", suite_in(dir.path(), TINY).to_str().unwrap(), "--device", "tpu"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn a_failed_teacher_skips_its_students_and_the_rest_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    // lr = 1e30 makes the teacher diverge (non-finite loss) in its first epoch.
+    let body = TINY.replace("train = { epochs = 2 }", "train = { epochs = 2, lr = 1e30 }");
+    let suite = suite_in(dir.path(), &body);
+    let o = harness(&["run", suite.to_str().unwrap(), "--results", "r", "--device", "cpu"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("FAIL") && t.contains("diverged"), "{t}");
+    assert!(t.contains("skip") && t.contains("did not finish"), "{t}");
+    assert!(t.contains("1 finished now, 0 cached, 1 failed, 1 skipped"), "{t}");
+}
+
+#[test]
+fn live_locks_are_respected_and_stale_ones_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = TINY.replace("method = [\"ce\", \"kd\"]", "method = [\"ce\"]");
+    let suite = suite_in(dir.path(), &body);
+    let s = suite.to_str().unwrap();
+    let o = harness(&["plan", s], dir.path());
+    let id = text(&o).lines().find(|l| l.contains(" student ")).unwrap().split_whitespace().next().unwrap().to_string();
+    let run = dir.path().join("r/tiny/runs").join(&id);
+    std::fs::create_dir_all(&run).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    std::fs::write(run.join("lock"), format!("{} {host}\n", std::process::id())).unwrap();
+    let o = harness(&["run", s, "--results", "r", "--device", "cpu"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("locked by another process"), "{}", text(&o));
+    assert!(!run.join("summary.json").exists());
+    std::fs::write(run.join("lock"), format!("999999999 {host}\n")).unwrap();
+    let o = harness(&["run", s, "--results", "r", "--device", "cpu"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(run.join("summary.json").exists() && !run.join("lock").exists());
+}
+
+#[test]
+fn synthetic_cifar_trains_a_cifar_resnet_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = harness(&["data", "synth", "--out", "synth", "--classes", "10", "--train", "256", "--test", "64", "--noise", "20"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.path().join("synth/cifar-10-batches-bin/data_batch_5.bin").is_file());
+    let body = r#"
+[suite]
+name = "tiny"
+dataset = "cifar10"
+[train]
+epochs = 2
+batch_size = 64
+milestones = []
+[grid]
+pair = [{ teacher = "resnet8", student = "resnet8", method = "kd" }]
+"#;
+    let suite = suite_in(dir.path(), body);
+    let o = harness(&["run", suite.to_str().unwrap(), "--results", "r", "--data-dir", "synth", "--device", "cpu"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let runs = run_dirs(&dir.path().join("r"));
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        let s = json(&r.join("summary.json"));
+        assert!(s["param_count"].as_i64().unwrap() == 78_042, "resnet8 with 10 classes: {s}");
+    }
+}
