@@ -1,16 +1,9 @@
 //! End-to-end tests through the `harness` binary: tiny suites on digits and synthetic CIFAR data,
 //! results layout, skipping finished runs, restarts, determinism, failure isolation, locks.
 
+mod common;
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn harness(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_harness")).args(args).current_dir(cwd).output().expect("harness runs")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 const TINY: &str = r#"
 [suite]
@@ -47,19 +40,6 @@ fn run_dirs(results: &Path) -> Vec<PathBuf> {
 
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-/// metrics.csv without the timing columns (which legitimately differ between runs).
-fn metrics_without_timing(p: &Path) -> Vec<Vec<String>> {
-    let mut r = csv::Reader::from_path(p).unwrap();
-    let h: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
-    let keep: Vec<usize> = (0..h.len()).filter(|&i| !h[i].contains("time") && !h[i].contains("per_s")).collect();
-    let mut rows = vec![keep.iter().map(|&i| h[i].clone()).collect()];
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        rows.push(keep.iter().map(|&i| rec[i].to_string()).collect());
-    }
-    rows
 }
 
 #[test]
@@ -138,11 +118,43 @@ fn tiny_suite_writes_results_skips_finished_and_is_deterministic() {
     let o = harness(&["plan", s, "--results", "r1"], dir.path());
     assert!(o.status.success() && text(&o).contains("3 runs = 1 teachers + 2 students") && text(&o).contains("done"), "{}", text(&o));
 
-    // `eval` reproduces the teacher's last-epoch accuracy from its saved weights.
+    // The same weights as an external checkpoint teacher: evaluated once, hash in provenance.
     let teacher = runs.iter().find(|r| json(&r.join("config.json"))["role"] == "teacher").unwrap();
+    let ck = dir.path().join("teacher.safetensors");
+    std::fs::copy(teacher.join("model.safetensors"), &ck).unwrap();
+    let ext = TINY
+        .replace("[teachers.t]\nmodel = \"cnn_tiny\"\ntrain = { epochs = 2 }", "[teachers.t]\nmodel = \"cnn_tiny\"\ncheckpoint = \"teacher.safetensors\"")
+        .replace("method = [\"ce\", \"kd\"]", "method = [\"kd\"]");
+    assert!(ext.contains("checkpoint ="));
+    let ext_suite = dir.path().join("ext.toml");
+    std::fs::write(&ext_suite, &ext).unwrap();
+    let o = harness(&["run", ext_suite.to_str().unwrap(), "--results", "r3", "--device", "cpu"], dir.path());
+    assert!(o.status.success() && text(&o).contains("1 runs (0 teachers, 1 students)"), "{}", text(&o));
+    let ext_run = run_dirs(&dir.path().join("r3"))[0].clone();
+    let tsum = json(&teacher.join("summary.json"));
+    assert_eq!(json(&ext_run.join("summary.json"))["teacher_top1"], tsum["last_top1"]);
+    let blake = json(&ext_run.join("env.json"))["teacher_checkpoint"]["blake3"].as_str().unwrap().to_string();
+    assert_eq!(blake.len(), 64);
+    // Distilling from the checkpoint equals distilling from the suite's own teacher run.
+    let kd_run = runs.iter().find(|r| json(&r.join("config.json"))["method"] == "kd").unwrap();
+    assert_eq!(metrics_without_timing(&kd_run.join("metrics.csv")), metrics_without_timing(&ext_run.join("metrics.csv")));
+
+    // `eval` reproduces the teacher's last-epoch accuracy from its saved weights.
     let npy = dir.path().join("logits.npy");
     let o = harness(
-        &["eval", "--model", "cnn_tiny", "--dataset", "digits", "--device", "cpu", "--checkpoint", teacher.join("model.safetensors").to_str().unwrap(), "--save-logits", npy.to_str().unwrap()],
+        &[
+            "eval",
+            "--model",
+            "cnn_tiny",
+            "--dataset",
+            "digits",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            teacher.join("model.safetensors").to_str().unwrap(),
+            "--save-logits",
+            npy.to_str().unwrap(),
+        ],
         dir.path(),
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -179,7 +191,7 @@ fn a_failed_teacher_skips_its_students_and_the_rest_continues() {
     let o = harness(&["run", suite.to_str().unwrap(), "--results", "r", "--device", "cpu"], dir.path());
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("FAIL") && t.contains("diverged"), "{t}");
+    assert!(t.contains("DIVERGED") && t.contains("diverged at epoch 1"), "{t}");
     assert!(t.contains("skip") && t.contains("did not finish"), "{t}");
     assert!(t.contains("1 finished now, 0 cached, 1 failed, 1 skipped"), "{t}");
 }

@@ -289,7 +289,15 @@ fn cifar_resnets_match_reference_parameter_counts_and_names() {
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let m = (models::find("resnet8x4").unwrap().build)(&vs.root(), cfg);
     let vars = vs.variables();
-    for k in ["conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_mean", "layer3.0.conv2.weight", "fc.weight", "fc.bias"] {
+    for k in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.running_mean",
+        "layer3.0.conv2.weight",
+        "fc.weight",
+        "fc.bias",
+    ] {
         assert!(vars.contains_key(k), "missing {k}");
     }
     assert_eq!(vars["fc.weight"].size(), vec![100, 256]);

@@ -5,7 +5,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use harness::distill;
 use harness::models::{self, ModelCfg};
-use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+use tch::{Device, Kind, Tensor, nn};
 
 fn kd_step(c: &mut Criterion) {
     tch::manual_seed(0);
@@ -14,7 +14,7 @@ fn kd_step(c: &mut Criterion) {
     let teacher = (models::find("resnet32x4").expect("registered").build)(&tvs.root(), cfg);
     let svs = nn::VarStore::new(Device::Cpu);
     let student = (models::find("resnet8x4").expect("registered").build)(&svs.root(), cfg);
-    let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 5e-4, nesterov: false }.build(&svs, 0.05).expect("sgd");
+    let mut opt = harness::train::sgd::Sgd::new(&svs, 0.05, 0.9, 5e-4, false);
     let info = distill::find("kd").expect("kd");
     let params = info.params.iter().map(|p| (p.name.to_string(), p.default.clone())).collect();
     let mut kd = info.instantiate(&params).expect("kd builds");

@@ -21,6 +21,8 @@ pub enum Cmd {
     Run(RunArgs),
     /// Print the expanded run list (id, role, models, method, seed, settings) without training.
     Plan(PlanArgs),
+    /// Show each run's state: done, running, failed, diverged, pending or skipped, with reasons.
+    Status(PlanArgs),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
     /// Dataset utilities.
@@ -55,17 +57,30 @@ pub struct RunArgs {
     /// Results root; runs go to <results>/<suite>/runs/<id>/.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
-    /// cpu, cuda, cuda:N, or auto (CUDA when available).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Runs executed at once (CPU threads are split among them).
+    /// Where runs execute: auto (all visible GPUs, else CPU), cpu, cuda, cuda:N or cuda:0,1,3.
+    #[arg(long, alias = "device", default_value = "auto")]
+    pub devices: String,
+    /// Runs sharing one GPU.
+    #[arg(long, default_value_t = 1)]
+    pub per_gpu: usize,
+    /// Concurrent runs on the CPU (threads are split among them).
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
-    /// Intra-op threads per run (default: cores / jobs). CPU results are bit-identical for a
+    /// Intra-op threads per CPU run (default: cores / jobs). CPU results are bit-identical for a
     /// given seed and thread count; a different thread count changes float summation order.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// No progress bars.
+    /// Extra attempts for a failed run (diverged runs are not retried).
+    #[arg(long, default_value_t = 0)]
+    pub retries: usize,
+    /// Only runs matching key=value[,key=value] (id, role, model, teacher, method, seed,
+    /// train.<key>, <method>.<param>), plus the teachers they need.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Print what would run, train nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bars: one line per event.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -137,6 +152,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Plan(a) => plan_cmd(a),
+        Cmd::Status(a) => status_cmd(a),
         Cmd::Eval(a) => eval(a),
         Cmd::Data { cmd: DataCmd::Synth { out, classes, train, test, seed, noise } } => {
             let dir = data::synth::write(&out, classes, train, test, seed, noise)?;
@@ -185,7 +201,15 @@ fn load_plan(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Sui
 
 fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
     let (suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
-    println!("suite {} ({}): {} runs = {} teachers + {} students, from {} grid points", plan.suite, suite.path().display(), plan.runs.len(), plan.teachers(), plan.students(), plan.points);
+    println!(
+        "suite {} ({}): {} runs = {} teachers + {} students, from {} grid points",
+        plan.suite,
+        suite.path().display(),
+        plan.runs.len(),
+        plan.teachers(),
+        plan.students(),
+        plan.points
+    );
     println!("{:<16} {:<7} {:<12} {:<12} {:<6} {:>4}  {:<8} settings", "id", "role", "model", "teacher", "method", "seed", "status");
     for r in &plan.runs {
         let s = &r.spec;
@@ -210,29 +234,55 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn status_cmd(a: PlanArgs) -> anyhow::Result<i32> {
+    let (_suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    println!("{:<16} {:<8} {:<34} detail", "id", "state", "run");
+    for i in 0..plan.runs.len() {
+        let (state, detail) = sched::state_of(&plan, &a.results, i);
+        println!("{:<16} {:<8} {:<34} {detail}", plan.runs[i].spec.id, state, plan.runs[i].spec.label());
+        *counts.entry(state).or_default() += 1;
+    }
+    let c: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!("{}: {}", plan.suite, c.join(", "));
+    Ok(0)
+}
+
 fn run(a: RunArgs) -> anyhow::Result<i32> {
-    let (_suite, plan, data_dir) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
-    env::parse_device(&a.device)?; // validate before starting children
-    let cached = plan.runs.iter().filter(|r| crate::store::RunDir::new(&a.results, &plan.suite, &r.spec.id).is_finished()).count();
+    let (_suite, mut plan, data_dir) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+    if let Some(only) = &a.only {
+        plan = sched::filter(&plan, only)?;
+    }
+    let devices = sched::parse_devices(&a.devices)?; // validated before any child starts
+    let finished = |r: &crate::suite::PlannedRun| crate::store::RunDir::new(&a.results, &plan.suite, &r.spec.id).is_finished();
+    let cached = plan.runs.iter().filter(|r| finished(r)).count();
     println!("suite {}: {} runs ({} teachers, {} students), {} already finished", plan.suite, plan.runs.len(), plan.teachers(), plan.students(), cached);
+    if a.dry_run {
+        for r in plan.runs.iter().filter(|r| !finished(r)) {
+            println!("would run {} {}", r.spec.id, r.spec.label());
+        }
+        return Ok(0);
+    }
     let opts = sched::Options {
         results: a.results.clone(),
         data_dir,
-        device: a.device.clone(),
+        devices,
+        per_gpu: a.per_gpu,
         jobs: a.jobs,
         threads: a.threads,
+        retries: a.retries,
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let outcomes = sched::run_plan(&plan, &opts)?;
     let count = |f: &dyn Fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
-    let failed = count(&|o| matches!(o, Outcome::Failed(_)));
+    let failed = count(&|o| matches!(o, Outcome::Failed(_) | Outcome::Diverged(_)));
     let skipped = count(&|o| matches!(o, Outcome::Skipped(_) | Outcome::Locked));
     println!();
-    println!("{:<60} {:>3}  {:>16}  {:>16}", "run group (mean ± std over seeds)", "n", "best top-1 %", "last top-1 %");
+    println!("{:<58} {:>3}  {:>16}  {:>16}", "run group (mean ± std over seeds)", "n", "best top-1 %", "last top-1 %");
     for (k, v) in sched::summarize(&plan, &a.results) {
         let (bm, bs) = sched::mean_std(&v.iter().map(|x| x.0 * 100.0).collect::<Vec<_>>());
         let (lm, ls) = sched::mean_std(&v.iter().map(|x| x.1 * 100.0).collect::<Vec<_>>());
-        println!("{k:<60} {:>3}  {:>7.2} ± {:<6.2}  {:>7.2} ± {:<6.2}", v.len(), bm, bs, lm, ls);
+        println!("{k:<58} {:>3}  {:>7.2} ± {:<6.2}  {:>7.2} ± {:<6.2}", v.len(), bm, bs, lm, ls);
     }
     println!();
     println!(
@@ -254,7 +304,16 @@ fn eval(a: EvalArgs) -> anyhow::Result<i32> {
     models::checkpoint::load_strict(&mut net.vs, &a.checkpoint, &a.model)?;
     let logits = train::test_logits(net.model.as_ref(), &data);
     let e = train::evaluate(&logits, &data.test_y);
-    println!("{} on {} test ({} images): top-1 {:.2}%  top-5 {:.2}%  ECE-15 {:.2}%  loss {:.4}", a.model, a.dataset, data.test_len(), e.top1 * 100.0, e.top5 * 100.0, e.ece * 100.0, e.loss);
+    println!(
+        "{} on {} test ({} images): top-1 {:.2}%  top-5 {:.2}%  ECE-15 {:.2}%  loss {:.4}",
+        a.model,
+        a.dataset,
+        data.test_len(),
+        e.top1 * 100.0,
+        e.top5 * 100.0,
+        e.ece * 100.0,
+        e.loss
+    );
     if let Some(p) = a.save_logits {
         logits.write_npy(&p).map_err(|err| anyhow::anyhow!("writing {}: {err}", p.display()))?;
         println!("wrote logits {:?} to {}", logits.size(), p.display());
@@ -275,7 +334,16 @@ fn doctor() -> anyhow::Result<i32> {
     println!("libtorch {} at {}", env::torch_version(), env::torch_lib_dir().map(|p| p.display().to_string()).unwrap_or_else(|| "?".into()));
     let cuda_linked = env::torch_lib_dir().map(|d| d.join("libtorch_cuda.so")).filter(|p| p.exists()).is_some();
     let cuda_loaded = std::fs::read_to_string("/proc/self/maps").map(|m| m.contains("libtorch_cuda.so")).unwrap_or(false);
-    println!("libtorch_cuda: {}", if cuda_loaded { "loaded" } else if cuda_linked { "present but NOT loaded (CUDA disabled; check the link flags)" } else { "not in this libtorch (CPU build)" });
+    println!(
+        "libtorch_cuda: {}",
+        if cuda_loaded {
+            "loaded"
+        } else if cuda_linked {
+            "present but NOT loaded (CUDA disabled; check the link flags)"
+        } else {
+            "not in this libtorch (CPU build)"
+        }
+    );
     println!("CUDA available: {}", tch::Cuda::is_available());
     println!("CUDA devices: {}", tch::Cuda::device_count());
     for (i, n) in env::gpu_names().iter().enumerate() {

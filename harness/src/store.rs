@@ -134,7 +134,9 @@ impl Lock {
     pub fn acquire(run: &RunDir) -> anyhow::Result<Option<Lock>> {
         std::fs::create_dir_all(&run.path).with_context(|| format!("creating {}", run.path.display()))?;
         let path = run.lock();
-        let me = format!("{} {}\n", std::process::id(), hostname());
+        let pid = std::process::id();
+        let start = proc_stat(pid).map(|(_, s)| s).unwrap_or_default();
+        let me = format!("{pid} {} {start}\n", hostname());
         for _ in 0..2 {
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
@@ -142,15 +144,7 @@ impl Lock {
                     return Ok(Some(Lock { path }));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let held = std::fs::read_to_string(&path).unwrap_or_default();
-                    let mut it = held.split_whitespace();
-                    let pid: Option<u32> = it.next().and_then(|p| p.parse().ok());
-                    let host = it.next().unwrap_or("");
-                    let alive = match pid {
-                        Some(pid) if host == hostname() => Path::new(&format!("/proc/{pid}")).exists(),
-                        Some(_) => true, // another host: cannot tell, respect it
-                        None => false,   // empty or garbled: a crash between create and write
-                    };
+                    let alive = holder_alive(&path);
                     if alive {
                         return Ok(None);
                     }
@@ -167,6 +161,38 @@ impl Drop for Lock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Whether the process named in a lock file is alive: same host, `/proc/<pid>` present and not a
+/// zombie, and the same start time (so a recycled pid does not keep a dead run locked).
+/// For another host we cannot tell, and assume it is.
+fn holder_alive(path: &Path) -> bool {
+    let held = std::fs::read_to_string(path).unwrap_or_default();
+    let mut it = held.split_whitespace();
+    let pid: Option<u32> = it.next().and_then(|p| p.parse().ok());
+    let host = it.next().unwrap_or("");
+    let start = it.next();
+    match pid {
+        Some(pid) if host == hostname() => match proc_stat(pid) {
+            Some((state, st)) => state != 'Z' && state != 'X' && start.is_none_or(|s| s == st),
+            None => false,
+        },
+        Some(_) => true,
+        None => false, // empty or garbled: a crash between create and write
+    }
+}
+
+/// (state, start time) of a process from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(char, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is the 1st, starttime the 20th.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((rest.first()?.chars().next()?, rest.get(19)?.to_string()))
+}
+
+/// True when a live process holds the run's lock.
+pub fn lock_holder_alive(run: &RunDir) -> bool {
+    run.lock().exists() && holder_alive(&run.lock())
 }
 
 /// This machine's host name (for lock ownership).

@@ -69,73 +69,71 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| input(format!("{}: cannot read: {e}", path.display())))
 }
 
-fn load_python(kind: Kind, dir: &Path) -> anyhow::Result<(RawSplit, RawSplit)> {
-    let (tr, te) = python_files(kind);
-    let label_key = if kind == Kind::C10 { "labels" } else { "fine_labels" };
-    let classes = if kind == Kind::C10 { 10 } else { 100 };
-    let mut splits = Vec::new();
-    for files in [tr, te] {
-        let mut split = RawSplit::default();
-        for f in files {
+fn classes(kind: Kind) -> i64 {
+    if kind == Kind::C10 { 10 } else { 100 }
+}
+
+/// Reads the train files then the test files of a layout, decoding each file into its split.
+fn load_with(
+    dir: &Path,
+    files: (Vec<&str>, Vec<&str>),
+    decode: impl Fn(&Path, &[u8], &mut RawSplit) -> anyhow::Result<()>,
+) -> anyhow::Result<(RawSplit, RawSplit)> {
+    let mut out = [RawSplit::default(), RawSplit::default()];
+    for (split, names) in out.iter_mut().zip([files.0, files.1]) {
+        for f in names {
             let path = dir.join(f);
-            let bytes = read(&path)?;
-            let bad = |m: String| input(format!("{}: not a CIFAR python batch: {m}", path.display()));
-            let v = pickle::load(&bytes).map_err(bad)?;
-            let data = v.get("data").ok_or_else(|| bad("no `data` entry".into()))?;
-            let (shape, raw) = data.as_u8_array().map_err(|m| bad(format!("`data`: {m}")))?;
-            if shape.len() != 2 || shape[1] != IMG as i64 {
-                return Err(bad(format!("`data` has shape {shape:?}, expected [N, 3072]")));
-            }
-            let labels = v.get(label_key).and_then(|l| l.as_int_list()).ok_or_else(|| bad(format!("no integer list `{label_key}`")))?;
-            if labels.len() as i64 != shape[0] {
-                return Err(bad(format!("{} labels for {} images", labels.len(), shape[0])));
-            }
-            if let Some(l) = labels.iter().find(|&&l| l < 0 || l >= classes) {
-                return Err(bad(format!("label {l} outside 0..{classes}")));
-            }
-            split.x.extend_from_slice(&raw);
-            split.y.extend(labels);
+            decode(&path, &read(&path)?, split)?;
         }
-        splits.push(split);
     }
-    let test = splits.pop().unwrap_or_default();
-    let train = splits.pop().unwrap_or_default();
+    let [train, test] = out;
     Ok((train, test))
 }
 
-fn load_binary(kind: Kind, dir: &Path) -> anyhow::Result<(RawSplit, RawSplit)> {
-    let (tr, te) = binary_files(kind);
-    let lb = if kind == Kind::C10 { 1 } else { 2 };
-    let classes = if kind == Kind::C10 { 10 } else { 100 };
-    let rec = lb + IMG;
-    let mut splits = Vec::new();
-    for files in [tr, te] {
-        let mut split = RawSplit::default();
-        for f in files {
-            let path = dir.join(f);
-            let bytes = read(&path)?;
-            if bytes.is_empty() || bytes.len() % rec != 0 {
-                return Err(input(format!(
-                    "{}: {} bytes is not a whole number of {rec}-byte records ({} label byte(s) + 3072 pixels)",
-                    path.display(),
-                    bytes.len(),
-                    lb
-                )));
-            }
-            for (i, r) in bytes.chunks_exact(rec).enumerate() {
-                let label = r[lb - 1] as i64; // CIFAR-100: coarse, then fine
-                if label >= classes {
-                    return Err(input(format!("{}: record {i} has label {label}, expected < {classes}", path.display())));
-                }
-                split.y.push(label);
-                split.x.extend_from_slice(&r[lb..]);
-            }
+fn load_python(kind: Kind, dir: &Path) -> anyhow::Result<(RawSplit, RawSplit)> {
+    let label_key = if kind == Kind::C10 { "labels" } else { "fine_labels" };
+    load_with(dir, python_files(kind), |path, bytes, split| {
+        let bad = |m: String| input(format!("{}: not a CIFAR python batch: {m}", path.display()));
+        let v = pickle::load(bytes).map_err(bad)?;
+        let data = v.get("data").ok_or_else(|| bad("no `data` entry".into()))?;
+        let (shape, raw) = data.as_u8_array().map_err(|m| bad(format!("`data`: {m}")))?;
+        if shape.len() != 2 || shape[1] != IMG as i64 {
+            return Err(bad(format!("`data` has shape {shape:?}, expected [N, 3072]")));
         }
-        splits.push(split);
-    }
-    let test = splits.pop().unwrap_or_default();
-    let train = splits.pop().unwrap_or_default();
-    Ok((train, test))
+        let labels = v.get(label_key).and_then(|l| l.as_int_list()).ok_or_else(|| bad(format!("no integer list `{label_key}`")))?;
+        if labels.len() as i64 != shape[0] {
+            return Err(bad(format!("{} labels for {} images", labels.len(), shape[0])));
+        }
+        if let Some(l) = labels.iter().find(|&&l| l < 0 || l >= classes(kind)) {
+            return Err(bad(format!("label {l} outside 0..{}", classes(kind))));
+        }
+        split.x.extend_from_slice(&raw);
+        split.y.extend(labels);
+        Ok(())
+    })
+}
+
+fn load_binary(kind: Kind, dir: &Path) -> anyhow::Result<(RawSplit, RawSplit)> {
+    let lb = if kind == Kind::C10 { 1 } else { 2 };
+    let rec = lb + IMG;
+    load_with(dir, binary_files(kind), |path, bytes, split| {
+        if bytes.is_empty() || bytes.len() % rec != 0 {
+            return Err(input(format!(
+                "{}: {} bytes is not a whole number of {rec}-byte records ({lb} label byte(s) + 3072 pixels)",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        for (i, r) in bytes.chunks_exact(rec).enumerate() {
+            let label = r[lb - 1] as i64; // CIFAR-100: coarse, then fine
+            if label >= classes(kind) {
+                return Err(input(format!("{}: record {i} has label {label}, expected < {}", path.display(), classes(kind))));
+            }
+            split.y.push(label);
+            split.x.extend_from_slice(&r[lb..]);
+        }
+        Ok(())
+    })
 }
 
 /// Writes a split in the binary layout (used by `harness data synth` and tests).

@@ -30,10 +30,16 @@ pub fn load_from(bytes: &[u8], name: &str) -> anyhow::Result<(RawSplit, RawSplit
         }
         let split = if i % 5 == 0 { &mut test } else { &mut train };
         for v in &vals[..64] {
-            let p: u32 = v.trim().parse().ok().filter(|p| *p <= 16).ok_or_else(|| bad(format!("line {}: pixel `{v}` is not an integer 0..=16", line_no + 1)))?;
+            let p: u32 =
+                v.trim().parse().ok().filter(|p| *p <= 16).ok_or_else(|| bad(format!("line {}: pixel `{v}` is not an integer 0..=16", line_no + 1)))?;
             split.x.push(((p * 255 + 8) / 16) as u8);
         }
-        let y: i64 = vals[64].trim().parse().ok().filter(|y| (0..10).contains(y)).ok_or_else(|| bad(format!("line {}: label `{}` is not 0..=9", line_no + 1, vals[64])))?;
+        let y: i64 = vals[64]
+            .trim()
+            .parse()
+            .ok()
+            .filter(|y| (0..10).contains(y))
+            .ok_or_else(|| bad(format!("line {}: label `{}` is not 0..=9", line_no + 1, vals[64])))?;
         split.y.push(y);
         i += 1;
     }

@@ -19,7 +19,11 @@ pub enum Value {
     Dict(Vec<(Value, Value)>),
     Global(String, String),
     /// `func(*args)` with the state later given by BUILD.
-    Object { func: Box<Value>, args: Box<Value>, state: Option<Box<Value>> },
+    Object {
+        func: Box<Value>,
+        args: Box<Value>,
+        state: Option<Box<Value>>,
+    },
     Mark,
 }
 

@@ -29,7 +29,8 @@ pub fn generate(classes: i64, n_train: i64, n_test: i64, seed: u64, noise: f64) 
                         let (y1, x1) = ((y0 + 1).min(3), (x0 + 1).min(3));
                         let (dy, dx) = (fy - y0 as f64, fx - x0 as f64);
                         let at = |yy: usize, xx: usize| g[c * 16 + yy * 4 + xx];
-                        img[c * 1600 + y * 40 + x] = at(y0, x0) * (1.0 - dy) * (1.0 - dx) + at(y0, x1) * (1.0 - dy) * dx + at(y1, x0) * dy * (1.0 - dx) + at(y1, x1) * dy * dx;
+                        img[c * 1600 + y * 40 + x] =
+                            at(y0, x0) * (1.0 - dy) * (1.0 - dx) + at(y0, x1) * (1.0 - dy) * dx + at(y1, x0) * dy * (1.0 - dx) + at(y1, x1) * dy * dx;
                     }
                 }
             }

@@ -2,13 +2,7 @@
 
 use super::{Distiller, MethodInfo, Params, Step};
 
-pub static INFO: MethodInfo = MethodInfo {
-    name: "ce",
-    paper: "cross-entropy baseline (no distillation)",
-    needs_teacher: false,
-    params: &[],
-    build,
-};
+pub static INFO: MethodInfo = MethodInfo { name: "ce", paper: "cross-entropy baseline (no distillation)", needs_teacher: false, params: &[], build };
 
 fn build(_: &Params) -> anyhow::Result<Box<dyn Distiller>> {
     Ok(Box::new(Ce))

@@ -13,7 +13,9 @@ pub static INFO: MethodInfo = MethodInfo {
     params: &[
         ParamDef { name: "tau", kind: ParamKind::Float { min: 1e-3, max: 1e3 }, default: ParamValue::Float(4.0), doc: "temperature T" },
         ParamDef { name: "ce_weight", kind: ParamKind::Float { min: 0.0, max: 1e6 }, default: ParamValue::Float(0.1), doc: "weight of CE with the labels" },
-        ParamDef { name: "kd_weight", kind: ParamKind::Float { min: 0.0, max: 1e6 }, default: ParamValue::Float(0.9), doc: "weight of T²·KL(teacher‖student)" },
+        ParamDef {
+            name: "kd_weight", kind: ParamKind::Float { min: 0.0, max: 1e6 }, default: ParamValue::Float(0.9), doc: "weight of T²·KL(teacher‖student)"
+        },
     ],
     build,
 };

@@ -108,8 +108,5 @@ impl MethodInfo {
 
 /// Reads a float parameter (present after `instantiate`'s check).
 pub fn float(params: &Params, name: &str) -> anyhow::Result<f64> {
-    params
-        .get(name)
-        .and_then(ParamValue::as_f64)
-        .ok_or_else(|| anyhow::anyhow!("parameter {name} missing or not a number"))
+    params.get(name).and_then(ParamValue::as_f64).ok_or_else(|| anyhow::anyhow!("parameter {name} missing or not a number"))
 }

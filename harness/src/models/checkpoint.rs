@@ -19,8 +19,8 @@ pub fn load_strict(vs: &mut nn::VarStore, path: &Path, model: &str) -> anyhow::R
             path.display()
         );
     }
-    let file: Vec<(String, Tensor)> = Tensor::read_safetensors(path)
-        .map_err(|e| InputError::new(format!("{}: cannot read as safetensors: {e}", path.display())))?;
+    let file: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(path).map_err(|e| InputError::new(format!("{}: cannot read as safetensors: {e}", path.display())))?;
     let file: BTreeMap<String, Tensor> = file.into_iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).collect();
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
@@ -50,8 +50,7 @@ pub fn load_strict(vs: &mut nn::VarStore, path: &Path, model: &str) -> anyhow::R
     tch::no_grad(|| -> anyhow::Result<()> {
         for (k, mut v) in vars {
             let src = &file[&k];
-            v.f_copy_(&src.to_kind(v.kind()).to_device(v.device()))
-                .map_err(|e| InputError::new(format!("{}: copying `{k}`: {e}", path.display())))?;
+            v.f_copy_(&src.to_kind(v.kind()).to_device(v.device())).map_err(|e| InputError::new(format!("{}: copying `{k}`: {e}", path.display())))?;
         }
         Ok(())
     })

@@ -5,8 +5,8 @@
 //! Adding a model: a file with `pub static ENTRIES: &[ModelEntry]` (or one more entry in an
 //! existing family), plus one line in [`FAMILIES`].
 
-pub mod resnet_cifar;
 pub mod checkpoint;
+pub mod resnet_cifar;
 pub mod small;
 
 use tch::{Device, Kind, Tensor, nn};

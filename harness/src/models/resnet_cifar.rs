@@ -4,7 +4,7 @@
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{ModelCfg, ModelEntry, Model, Output, bn, conv};
+use super::{Model, ModelCfg, ModelEntry, Output, bn, conv};
 
 const W1: [i64; 4] = [16, 16, 32, 64];
 const W4: [i64; 4] = [32, 64, 128, 256];
@@ -32,8 +32,7 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn new(p: nn::Path, cin: i64, planes: i64, stride: i64) -> Self {
-        let downsample = (stride != 1 || cin != planes)
-            .then(|| (conv(&p / "downsample" / 0, cin, planes, 1, stride, 0), bn(&p / "downsample" / 1, planes)));
+        let downsample = (stride != 1 || cin != planes).then(|| (conv(&p / "downsample" / 0, cin, planes, 1, stride, 0), bn(&p / "downsample" / 1, planes)));
         BasicBlock {
             conv1: conv(&p / "conv1", cin, planes, 3, stride, 1),
             bn1: bn(&p / "bn1", planes),

@@ -3,7 +3,7 @@
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{ModelCfg, ModelEntry, Model, Output, bn, conv};
+use super::{Model, ModelCfg, ModelEntry, Output, bn, conv};
 
 pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "mlp", family: "small", input: None, build: |p, c| Box::new(Mlp::new(p, c)) },

@@ -17,7 +17,7 @@
 //! pair = [{ teacher = "cnn", student = "cnn_tiny" }]   # array of tables: a zipped axis
 //! method = ["ce", "kd"]                                 # array of values: a crossed axis
 //! ```
-//! Grid keys: `teacher`, `student`, `method`, `seed`, `save_model`, `train.<recipe key>`,
+//! Grid keys: `teacher`, `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
 //! `teacher.train.<recipe key>`, `teacher.seed`, `<method>.<param>`.
 
 pub mod source;
@@ -118,7 +118,8 @@ impl Plan {
 const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid"];
 const SUITE_KEYS: &[&str] = &["name", "description", "dataset", "data_dir", "seeds"];
 const TEACHER_KEYS: &[&str] = &["model", "seed", "train", "checkpoint"];
-const GRID_KEYS: &[&str] = &["teacher", "student", "method", "seed", "save_model", "train.<key>", "teacher.train.<key>", "teacher.seed", "<method>.<param>"];
+const GRID_KEYS: &[&str] =
+    &["teacher", "student", "method", "seed", "save_model", "exclusive", "train.<key>", "teacher.train.<key>", "teacher.seed", "<method>.<param>"];
 
 fn key(k: &str) -> Seg {
     Seg::Key(k.to_string())
@@ -131,8 +132,7 @@ fn input(msg: String) -> anyhow::Error {
 impl Suite {
     /// Reads and validates a suite file. Errors are [`InputError`]s naming file, line and key.
     pub fn load(path: &Path) -> anyhow::Result<Suite> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| input(format!("{}: cannot read suite file: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| input(format!("{}: cannot read suite file: {e}", path.display())))?;
         Suite::parse(path, text)
     }
 
@@ -148,9 +148,8 @@ impl Suite {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
         // [suite]
-        let s = table_at(&src, t, "suite")?.ok_or_else(|| {
-            input(format!("{}: missing [suite] section (needs at least `name` and `dataset`)", path.display()))
-        })?;
+        let s =
+            table_at(&src, t, "suite")?.ok_or_else(|| input(format!("{}: missing [suite] section (needs at least `name` and `dataset`)", path.display())))?;
         for k in s.keys() {
             if !SUITE_KEYS.contains(&k.as_str()) {
                 return Err(input(src.error(&[key("suite"), key(k)], unknown("key", k, SUITE_KEYS))));
@@ -302,7 +301,9 @@ impl Suite {
             };
             for k in keys {
                 if let Some(prev) = owner.insert(k.clone(), aname.clone()) {
-                    return Err(input(src.error(&[key("grid"), key(&aname)], format!("key `{k}` is also set by axis `{prev}`; set each key on one axis only"))));
+                    return Err(input(
+                        src.error(&[key("grid"), key(&aname)], format!("key `{k}` is also set by axis `{prev}`; set each key on one axis only")),
+                    ));
                 }
             }
         }
@@ -400,12 +401,15 @@ impl Suite {
         let mut train = self.train.clone();
         let mut seed = 0u64;
         let mut save_model = false;
+        let mut exclusive = false;
         for s in point {
             let k = s.key.as_str();
             if let Some(r) = k.strip_prefix("train.") {
                 train.set(r, &s.value).map_err(|m| err(s, m))?;
             } else if k == "seed" {
                 seed = seed_of(&s.value).map_err(|m| err(s, m))?;
+            } else if k == "exclusive" {
+                exclusive = s.value.as_bool().ok_or_else(|| err(s, format!("expected true or false, found {}", type_name(&s.value))))?;
             } else if k == "save_model" {
                 save_model = s.value.as_bool().ok_or_else(|| err(s, format!("expected true or false, found {}", type_name(&s.value))))?;
             } else if let Some((m, p)) = k.split_once('.') {
@@ -423,7 +427,10 @@ impl Suite {
         let mut deps = Vec::new();
         let teacher = if minfo.needs_teacher {
             let ts = get("teacher").ok_or_else(|| {
-                err(get("method").unwrap_or(student), format!("method `{method}` needs a teacher; set `teacher` in the grid (a [teachers.<name>] entry or a model name)"))
+                err(
+                    get("method").unwrap_or(student),
+                    format!("method `{method}` needs a teacher; set `teacher` in the grid (a [teachers.<name>] entry or a model name)"),
+                )
             })?;
             let tname = str_of(ts)?;
             let (tmodel, mut tseed, overrides, checkpoint) = match self.teachers.get(&tname) {
@@ -472,6 +479,7 @@ impl Suite {
                     seed: tseed,
                     teacher: None,
                     save_model: true,
+                    exclusive,
                 };
                 t.id = t.compute_id();
                 deps.push(t.id.clone());
@@ -495,6 +503,7 @@ impl Suite {
             seed,
             teacher,
             save_model,
+            exclusive,
         };
         spec.id = spec.compute_id();
         Ok((teacher_run, PlannedRun { spec, deps }))
@@ -549,7 +558,7 @@ fn flatten<'a>(t: impl IntoIterator<Item = (&'a String, &'a toml::Value)>, prefi
 
 fn check_grid_key(src: &Source, path: &[Seg], k: &str) -> anyhow::Result<()> {
     let ok = match k {
-        "teacher" | "student" | "method" | "seed" | "save_model" | "teacher.seed" => Ok(()),
+        "teacher" | "student" | "method" | "seed" | "save_model" | "exclusive" | "teacher.seed" => Ok(()),
         _ => {
             if let Some(r) = k.strip_prefix("teacher.train.").or_else(|| k.strip_prefix("train.")) {
                 if spec::RECIPE_KEYS.contains(&r) { Ok(()) } else { Err(unknown("recipe key", r, spec::RECIPE_KEYS)) }
@@ -610,7 +619,10 @@ fn check_model_for(src: &Source, path: &[Seg], name: &str, info: &data::DatasetI
             if need != info.shape {
                 return Err(input(src.error(
                     path,
-                    format!("model `{name}` needs {}x{}x{} inputs but dataset `{}` has {}x{}x{}", need.0, need.1, need.2, info.name, info.shape.0, info.shape.1, info.shape.2),
+                    format!(
+                        "model `{name}` needs {}x{}x{} inputs but dataset `{}` has {}x{}x{}",
+                        need.0, need.1, need.2, info.name, info.shape.0, info.shape.1, info.shape.2
+                    ),
                 )));
             }
         }

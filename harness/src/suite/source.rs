@@ -81,11 +81,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// "unknown key `x`; did you mean `y`? allowed: a, b, c".
 pub fn unknown(what: &str, got: &str, allowed: &[&str]) -> String {
-    let best = allowed
-        .iter()
-        .map(|a| (strsim::levenshtein(got, a), *a))
-        .filter(|(d, a)| *d <= 2.max(a.len() / 3))
-        .min();
+    let best = allowed.iter().map(|a| (strsim::levenshtein(got, a), *a)).filter(|(d, a)| *d <= 2.max(a.len() / 3)).min();
     let mut msg = format!("unknown {what} `{got}`");
     if let Some((_, a)) = best {
         msg.push_str(&format!("; did you mean `{a}`?"));

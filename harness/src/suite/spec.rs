@@ -38,8 +38,7 @@ impl Default for Recipe {
 }
 
 /// Keys a `[train]` table (or a `train.<key>` axis) may set.
-pub const RECIPE_KEYS: &[&str] =
-    &["epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma", "augment"];
+pub const RECIPE_KEYS: &[&str] = &["epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma", "augment"];
 
 impl Recipe {
     /// Learning rate in effect during 1-based `epoch`.
@@ -201,6 +200,9 @@ pub struct RunSpec {
     pub teacher: Option<TeacherRef>,
     /// Write `model.safetensors` at the end (always for teachers).
     pub save_model: bool,
+    /// Needs a whole GPU (or all CPU slots) to itself; a scheduling hint, not part of the id.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 /// What the id hashes: the computation, not where or why it runs (suite, role, saving excluded),

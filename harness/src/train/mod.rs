@@ -4,13 +4,20 @@
 //! Determinism: the global generator is re-seeded from (seed, epoch) before initialisation and at
 //! the start of every epoch, so data order and augmentation of epoch `e` never depend on earlier
 //! epochs' random draws (this also makes per-epoch resume exact).
+//!
+//! Resume: after every epoch the model (with BN statistics), the momentum buffers and the loop's
+//! counters are saved (`resume-e<N>.safetensors` + `resume.json`, atomically, keeping the last good
+//! pair); a restarted run continues after the last completed epoch with identical results.
+
+pub mod sgd;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Dataset;
 use crate::distill::{self, Step, metrics};
@@ -46,7 +53,8 @@ pub fn build(name: &str, data: &Dataset, device: Device) -> anyhow::Result<Net> 
 /// Test-set logits in dataset order (eval mode, no-grad), on the CPU as float32.
 pub fn test_logits(model: &dyn Model, data: &Dataset) -> Tensor {
     tch::no_grad(|| {
-        let parts: Vec<Tensor> = data.test_batches(EVAL_BATCH).map(|(x, _)| model.forward(&x, false).logits.to_device(Device::Cpu).to_kind(Kind::Float)).collect();
+        let parts: Vec<Tensor> =
+            data.test_batches(EVAL_BATCH).map(|(x, _)| model.forward(&x, false).logits.to_device(Device::Cpu).to_kind(Kind::Float)).collect();
         Tensor::cat(&parts, 0)
     })
 }
@@ -94,7 +102,9 @@ pub fn load_teacher(tref: &TeacherRef, run: &RunDir, data: &Dataset, device: Dev
             let bytes = std::fs::read(&p).map_err(|e| crate::error::InputError::new(format!("{path}: cannot read teacher checkpoint: {e}")))?;
             let now = blake3::hash(&bytes).to_hex().to_string();
             if &now != hash {
-                crate::input_bail!("{path}: teacher checkpoint changed since the suite was planned (hash {now}, planned {hash}); re-run `harness run` to re-plan");
+                crate::input_bail!(
+                    "{path}: teacher checkpoint changed since the suite was planned (hash {now}, planned {hash}); re-run `harness run` to re-plan"
+                );
             }
             let mut net = build(model, data, device)?;
             models::checkpoint::load_strict(&mut net.vs, &p, model)?;
@@ -109,11 +119,121 @@ pub struct Progress {
     pub epochs: u32,
     pub test_top1: f64,
     pub train_loss: f64,
+    pub images_per_s: f64,
 }
 
-/// Trains one run to completion, writing `metrics.csv` after every epoch and returning the summary.
-/// The caller writes `summary.json` (the marker of a finished run).
-pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teacher: Option<Teacher>, on_epoch: &mut dyn FnMut(&Progress)) -> anyhow::Result<Summary> {
+/// A run stopped because its loss became non-finite.
+#[derive(Debug, thiserror::Error)]
+#[error("training diverged at epoch {epoch} (loss {loss}); lower train.lr or check the method's weights")]
+pub struct Diverged {
+    pub epoch: u32,
+    pub loss: f64,
+}
+
+/// The loop's state after a completed epoch (`resume.json`); tensors live in `file`.
+#[derive(Serialize, Deserialize)]
+struct ResumeState {
+    id: String,
+    epoch: u32,
+    file: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    best_top1: f64,
+    best_epoch: u32,
+    last: [Option<f64>; 4],
+    agreement: Option<f64>,
+    pred_kl: Option<f64>,
+    train_time: f64,
+    images: i64,
+    elapsed: f64,
+}
+
+fn fin(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// Path of the resume state in a run directory.
+pub fn resume_json(run: &RunDir) -> PathBuf {
+    run.path.join("resume.json")
+}
+
+/// Removes resume files (after the run's summary is written).
+pub fn clear_resume(run: &RunDir) {
+    if let Ok(rd) = std::fs::read_dir(&run.path) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n == "resume.json" || (n.starts_with("resume-e") && n.ends_with(".safetensors")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn load_resume(run: &RunDir, spec: &RunSpec, vs: &mut nn::VarStore, opt: &mut sgd::Sgd) -> anyhow::Result<Option<ResumeState>> {
+    let p = resume_json(run);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let st: ResumeState = crate::store::read_json(&p)?;
+    if st.id != spec.id {
+        anyhow::bail!("{}: resume state belongs to run {}", p.display(), st.id);
+    }
+    let file = run.path.join(&st.file);
+    let tensors: std::collections::BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?.into_iter().collect();
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (name, mut v) in vs.variables() {
+            let t = tensors.get(&format!("model.{name}")).with_context(|| format!("{}: no model.{name}", file.display()))?;
+            v.f_copy_(&t.to_device(v.device()))?;
+        }
+        Ok(())
+    })?;
+    opt.load_state(&tensors)?;
+    Ok(Some(st))
+}
+
+fn save_resume(run: &RunDir, vs: &nn::VarStore, opt: &sgd::Sgd, st: &ResumeState) -> anyhow::Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    named.extend(opt.state());
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let tmp = run.path.join(format!(".{}.tmp.safetensors", st.file));
+    Tensor::write_safetensors(&named, &tmp).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, run.path.join(&st.file)).with_context(|| format!("renaming {}", tmp.display()))?;
+    crate::store::write_json(&resume_json(run), st)?;
+    // Only now is the previous epoch's state obsolete.
+    if let Ok(rd) = std::fs::read_dir(&run.path) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("resume-e") && n.ends_with(".safetensors") && n != st.file {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Test hook: `KD_HARNESS_FAULT=panic:<run-id prefix>:<epoch>` panics after that epoch of
+/// matching runs (used by the failure-isolation tests; unset in normal use).
+fn fault_hook(id: &str, epoch: u32) {
+    if let Ok(f) = std::env::var("KD_HARNESS_FAULT") {
+        let p: Vec<&str> = f.split(':').collect();
+        if p.len() == 3 && p[0] == "panic" && id.starts_with(p[1]) && p[2] == epoch.to_string() {
+            panic!("injected fault at epoch {epoch} (KD_HARNESS_FAULT)");
+        }
+    }
+}
+
+/// Trains one run to completion (continuing from its last completed epoch when resume state
+/// exists), writing `metrics.csv` and the resume state after every epoch, and returns the
+/// summary. The caller writes `summary.json` (the marker of a finished run).
+pub fn train(
+    spec: &RunSpec,
+    run: &RunDir,
+    data: &Dataset,
+    device: Device,
+    teacher: Option<Teacher>,
+    on_epoch: &mut dyn FnMut(&Progress),
+) -> anyhow::Result<Summary> {
     let start = Instant::now();
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.log()).with_context(|| format!("opening {}", run.log().display()))?;
     let minfo = distill::find(&spec.method).ok_or_else(|| anyhow::anyhow!("unknown method {}", spec.method))?;
@@ -122,12 +242,10 @@ pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teach
     }
     let mut distiller = minfo.instantiate(&spec.params)?;
     tch::manual_seed(epoch_seed(spec.seed, 0));
-    let net = build(&spec.model, data, device)?;
+    let mut net = build(&spec.model, data, device)?;
     let param_count = models::param_count(&net.vs);
     let r = &spec.train;
-    let mut opt = nn::Sgd { momentum: r.momentum, dampening: 0.0, wd: r.weight_decay, nesterov: r.nesterov }
-        .build(&net.vs, r.lr)
-        .context("building the SGD optimiser")?;
+    let mut opt = sgd::Sgd::new(&net.vs, r.lr, r.momentum, r.weight_decay, r.nesterov);
 
     // The teacher's test logits are fixed: compute them once for agreement / predictive KL.
     let teacher_test = teacher.as_ref().map(|t| test_logits(t.net.model.as_ref(), data));
@@ -135,7 +253,6 @@ pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teach
     if let (Some(tl), None) = (&teacher_test, teacher_top1) {
         teacher_top1 = Some(evaluate(tl, &data.test_y).top1);
     }
-    writeln!(log, "run {} — {} params, device {:?}, teacher top-1 {:?}", spec.id, param_count, device, teacher_top1)?;
 
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header: Vec<String> = Vec::new();
@@ -144,9 +261,39 @@ pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teach
     let (mut agreement, mut pred_kl) = (None, None);
     let mut train_time = 0.0f64;
     let mut images = 0i64;
-    for epoch in 1..=r.epochs {
+    let mut elapsed_before = 0.0f64;
+    let mut first_epoch = 1u32;
+    match load_resume(run, spec, &mut net.vs, &mut opt) {
+        Ok(Some(st)) => {
+            writeln!(log, "resuming run {} after epoch {}", spec.id, st.epoch)?;
+            first_epoch = st.epoch + 1;
+            header = st.header;
+            rows = st.rows;
+            best_top1 = st.best_top1;
+            best_epoch = st.best_epoch;
+            last =
+                Eval { loss: st.last[0].unwrap_or(f64::NAN), top1: st.last[1].unwrap_or(0.0), top5: st.last[2].unwrap_or(0.0), ece: st.last[3].unwrap_or(0.0) };
+            agreement = st.agreement;
+            pred_kl = st.pred_kl;
+            train_time = st.train_time;
+            images = st.images;
+            elapsed_before = st.elapsed;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // A damaged resume state costs the progress, never correctness: start over.
+            writeln!(log, "ignoring unusable resume state ({e:#}); starting from epoch 1")?;
+            clear_resume(run);
+            tch::manual_seed(epoch_seed(spec.seed, 0));
+            net = build(&spec.model, data, device)?;
+            opt = sgd::Sgd::new(&net.vs, r.lr, r.momentum, r.weight_decay, r.nesterov);
+        }
+    }
+    writeln!(log, "run {} — {} params, device {:?}, teacher top-1 {:?}, epochs {}..={}", spec.id, param_count, device, teacher_top1, first_epoch, r.epochs)?;
+
+    for epoch in first_epoch..=r.epochs {
         let lr = r.lr_at(epoch);
-        opt.set_lr(lr);
+        opt.lr = lr;
         tch::manual_seed(epoch_seed(spec.seed, epoch));
         let t0 = Instant::now();
         let mut names: Vec<&'static str> = Vec::new();
@@ -182,7 +329,7 @@ pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teach
         let train_loss = total_sum.double_value(&[]) / seen as f64;
         if !train_loss.is_finite() {
             writeln!(log, "epoch {epoch}: training loss is {train_loss}; stopping")?;
-            anyhow::bail!("training diverged at epoch {epoch} (loss {train_loss}); lower train.lr or check the method's weights");
+            return Err(Diverged { epoch, loss: train_loss }.into());
         }
         let term_means: Vec<f64> = sums.iter().map(|s| s.double_value(&[]) / seen as f64).collect();
         let train_top1 = correct.int64_value(&[]) as f64 / seen as f64;
@@ -203,11 +350,16 @@ pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teach
         if header.is_empty() {
             header = ["epoch", "lr", "train_loss"].iter().map(|s| s.to_string()).collect();
             header.extend(names.iter().map(|n| format!("train_{n}")));
-            header.extend(["train_top1", "test_loss", "test_top1", "test_top5", "test_ece", "agreement", "pred_kl", "epoch_time_s", "images_per_s"].iter().map(|s| s.to_string()));
+            header.extend(
+                ["train_top1", "test_loss", "test_top1", "test_top5", "test_ece", "agreement", "pred_kl", "epoch_time_s", "images_per_s"]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
         }
         let mut row = vec![epoch.to_string(), format!("{lr}"), format!("{train_loss}")];
         row.extend(term_means.iter().map(|v| format!("{v}")));
         let opt_s = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
+        let ips = seen as f64 / epoch_train_s.max(1e-9);
         row.extend([
             format!("{train_top1}"),
             format!("{}", last.loss),
@@ -217,12 +369,35 @@ pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teach
             opt_s(agreement),
             opt_s(pred_kl),
             format!("{epoch_train_s:.3}"),
-            format!("{:.1}", seen as f64 / epoch_train_s.max(1e-9)),
+            format!("{ips:.1}"),
         ]);
         rows.push(row);
         write_csv(run, &header, &rows)?;
-        writeln!(log, "epoch {epoch}/{}: lr {lr} train_loss {train_loss:.4} test_top1 {:.4} test_loss {:.4} ({epoch_train_s:.1}s)", r.epochs, last.top1, last.loss)?;
-        on_epoch(&Progress { epoch, epochs: r.epochs, test_top1: last.top1, train_loss });
+        if epoch < r.epochs {
+            let st = ResumeState {
+                id: spec.id.clone(),
+                epoch,
+                file: format!("resume-e{epoch}.safetensors"),
+                header: header.clone(),
+                rows: rows.clone(),
+                best_top1,
+                best_epoch,
+                last: [fin(last.loss), fin(last.top1), fin(last.top5), fin(last.ece)],
+                agreement,
+                pred_kl,
+                train_time,
+                images,
+                elapsed: elapsed_before + start.elapsed().as_secs_f64(),
+            };
+            save_resume(run, &net.vs, &opt, &st)?;
+        }
+        writeln!(
+            log,
+            "epoch {epoch}/{}: lr {lr} train_loss {train_loss:.4} test_top1 {:.4} test_loss {:.4} ({epoch_train_s:.1}s)",
+            r.epochs, last.top1, last.loss
+        )?;
+        on_epoch(&Progress { epoch, epochs: r.epochs, test_top1: last.top1, train_loss, images_per_s: ips });
+        fault_hook(&spec.id, epoch);
     }
     if spec.save_model {
         models::checkpoint::save_atomic(&net.vs, &run.model())?;
@@ -241,7 +416,7 @@ pub fn train(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teach
         pred_kl,
         teacher_top1,
         param_count,
-        wall_time_s: start.elapsed().as_secs_f64(),
+        wall_time_s: elapsed_before + start.elapsed().as_secs_f64(),
         images_per_s: images as f64 / train_time.max(1e-9),
         finished_unix: now,
     })
