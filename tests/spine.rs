@@ -59,7 +59,7 @@ fn grid_expands_zip_times_product_with_shared_teacher() {
             assert_eq!(r.deps, vec![teacher_id.clone()]);
             assert_eq!(r.spec.params["tau"].as_f64(), Some(4.0));
         } else {
-            assert!(r.deps.is_empty() && r.spec.teacher.is_none());
+            assert!(r.deps.is_empty() && r.spec.teachers.is_empty());
         }
     }
     let mut ids: Vec<_> = plan.runs.iter().map(|r| r.spec.id.clone()).collect();
@@ -151,7 +151,7 @@ fn impossible_combinations_are_rejected_before_training() {
     // kd without a teacher
     let s = parse("[suite]\nname='x'\ndataset='digits'\n[grid]\nstudent=['cnn_tiny']\nmethod=['kd']\n").unwrap();
     let e = s.expand(&data_ref()).err().unwrap();
-    assert!(format!("{e}").contains("needs a teacher"), "{e}");
+    assert!(format!("{e}").contains("needs exactly one teacher"), "{e}");
     // a CIFAR model on 8×8 digits
     let s = parse("[suite]\nname='x'\ndataset='digits'\n[grid]\nstudent=['resnet8']\n").unwrap();
     let e = format!("{}", s.expand(&data_ref()).err().unwrap());
@@ -368,7 +368,9 @@ fn kd_matches_the_spec_worked_example() {
         let p = params.iter().map(|(k, v)| (k.to_string(), harness::suite::ParamValue::Float(*v))).collect();
         let mut d = info.instantiate(&p).unwrap();
         let (so, to) = (output(&s), output(&t));
-        let terms = d.losses(&distill::Step { student: &so, teacher: Some(&to), labels: &y, epoch: 1 }).unwrap();
+        let teachers = [to];
+        let step = distill::Step { student: &so, teachers: &teachers, labels: &y, soft_targets: None, dense_argmax: None, label_smoothing: 0.0, epoch: 1 };
+        let terms = d.losses(&step).unwrap();
         terms.iter().map(|(_, v)| v.double_value(&[])).sum::<f64>()
     };
     close(total(&[("tau", 4.0), ("ce_weight", 0.1), ("kd_weight", 0.9)]), 0.231366344);

@@ -16,8 +16,7 @@ fn kd_step(c: &mut Criterion) {
     let student = (models::find("resnet8x4").expect("registered").build)(&svs.root(), cfg);
     let mut opt = harness::train::sgd::Sgd::new(&svs, 0.05, 0.9, 5e-4, false);
     let info = distill::find("kd").expect("kd");
-    let params = info.params.iter().map(|p| (p.name.to_string(), p.default.clone())).collect();
-    let mut kd = info.instantiate(&params).expect("kd builds");
+    let mut kd = info.instantiate(&info.defaults()).expect("kd builds");
     let x = Tensor::randn([64, 3, 32, 32], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(100, [64], (Kind::Int64, Device::Cpu));
     let mut g = c.benchmark_group("train_step");
@@ -26,7 +25,9 @@ fn kd_step(c: &mut Criterion) {
         b.iter(|| {
             let t = tch::no_grad(|| teacher.forward(&x, false));
             let s = student.forward(&x, true);
-            let terms = kd.losses(&distill::Step { student: &s, teacher: Some(&t), labels: &y, epoch: 1 }).expect("losses");
+            let teachers = [t];
+            let step = distill::Step { student: &s, teachers: &teachers, labels: &y, soft_targets: None, dense_argmax: None, label_smoothing: 0.0, epoch: 1 };
+            let terms = kd.losses(&step).expect("losses");
             let total = terms.iter().map(|(_, t)| t.shallow_clone()).reduce(|a, b| a + b).expect("terms");
             opt.backward_step(&total);
         })

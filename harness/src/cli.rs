@@ -36,6 +36,8 @@ pub enum Cmd {
     Models,
     /// List distillation methods with their parameters and defaults.
     Methods,
+    /// Evaluate one method's loss on arrays from a .npz (CPU, float64); prints JSON.
+    LossEval(LossEvalArgs),
     /// Internal: train one run directory (what `run` starts in a child process).
     #[command(hide = true)]
     Exec(ExecArgs),
@@ -113,6 +115,22 @@ pub struct EvalArgs {
     pub save_logits: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+pub struct LossEvalArgs {
+    /// Method name (see `harness methods`).
+    pub method: String,
+    /// .npz with `student`, `teacher`, `labels` and, where needed, `teachers`, `soft_targets`,
+    /// `dense_argmax`, `features`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Method parameter, `key=value` (repeatable); defaults are the CIFAR-100 ones.
+    #[arg(long = "param")]
+    pub params: Vec<String>,
+    /// 1-based epoch (for warm-ups such as DKD's).
+    #[arg(long, default_value_t = 240)]
+    pub epoch: u32,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DataCmd {
     /// Write a class-structured synthetic dataset in the CIFAR binary layout.
@@ -172,11 +190,25 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Methods => {
             for m in distill::REGISTRY {
-                println!("{} — {}{}", m.name, m.paper, if m.needs_teacher { " [needs a teacher]" } else { "" });
+                let t = match m.teachers {
+                    distill::Teachers::None => "teacher-free",
+                    distill::Teachers::One => "one teacher",
+                    distill::Teachers::Many => "two or more teachers",
+                };
+                println!("{} — {} [{t}; inputs: {}]", m.name, m.paper, m.inputs);
                 for p in m.params {
                     println!("    {:<12} default {:<8} {}", p.name, p.default.to_string(), p.doc);
                 }
             }
+            Ok(0)
+        }
+        Cmd::LossEval(a) => {
+            let arrays: std::collections::BTreeMap<String, tch::Tensor> = tch::Tensor::read_npz(&a.input)
+                .map_err(|e| crate::error::InputError::new(format!("{}: cannot read as .npz: {e}", a.input.display())))?
+                .into_iter()
+                .collect();
+            let out = distill::eval::loss_eval(&a.method, &arrays, &a.params, a.epoch).map_err(|e| e.context(format!("{}", a.input.display())))?;
+            println!("{out}");
             Ok(0)
         }
         Cmd::Exec(a) => {
@@ -221,7 +253,7 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
             s.id,
             role,
             s.model,
-            s.teacher.as_ref().map(|t| t.model()).unwrap_or("-"),
+            if s.teachers.is_empty() { "-".to_string() } else { s.teacher_models() },
             s.method,
             s.seed,
             status,

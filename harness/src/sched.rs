@@ -154,7 +154,7 @@ pub fn filter(plan: &Plan, only: &str) -> anyhow::Result<Plan> {
             "id" => s.id.starts_with(v.as_str()),
             "role" => (s.role == Role::Teacher && v == "teacher") || (s.role == Role::Student && v == "student"),
             "model" | "student" => &s.model == v,
-            "teacher" => s.teacher.as_ref().is_some_and(|t| t.model() == v),
+            "teacher" => s.teachers.iter().any(|t| t.model() == v),
             "method" => &s.method == v,
             "seed" => s.seed.to_string() == *v,
             _ => {
@@ -438,17 +438,23 @@ fn exec_locked(run: &RunDir, spec: &crate::suite::RunSpec, data_dir: &Path, devi
             spec.dataset.fingerprint
         );
     }
-    let teacher = match &spec.teacher {
-        Some(t) => Some(crate::train::load_teacher(t, run, &data, device)?),
-        None => None,
-    };
+    let teachers = spec.teachers.iter().map(|t| crate::train::load_teacher(t, run, &data, device)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut env = serde_json::to_value(crate::env::Provenance::collect(device))?;
     env["dataset"] = serde_json::json!({"name": spec.dataset.name, "fingerprint": data.fingerprint, "source": data.source});
-    if let Some(crate::suite::TeacherRef::Checkpoint { path, hash, .. }) = &spec.teacher {
-        env["teacher_checkpoint"] = serde_json::json!({"path": path, "blake3": hash});
+    let checkpoints: Vec<serde_json::Value> = spec
+        .teachers
+        .iter()
+        .filter_map(|t| match t {
+            crate::suite::TeacherRef::Checkpoint { path, hash, .. } => Some(serde_json::json!({"path": path, "blake3": hash})),
+            _ => None,
+        })
+        .collect();
+    if let Some(first) = checkpoints.first() {
+        env["teacher_checkpoint"] = first.clone();
+        env["teacher_checkpoints"] = serde_json::Value::Array(checkpoints.clone());
     }
     crate::store::write_json(&run.env(), &env)?;
-    let summary = crate::train::train(spec, run, &data, device, teacher, &mut |p| {
+    let summary = crate::train::train(spec, run, &data, device, teachers, &mut |p| {
         println!("@epoch {} {} {:.4} {:.4} {:.0}", p.epoch, p.epochs, p.test_top1, p.train_loss, p.images_per_s);
     })?;
     crate::store::write_json(&run.summary(), &summary)?;
@@ -496,8 +502,8 @@ pub fn summarize(plan: &Plan, results: &Path) -> Vec<(String, Vec<(f64, f64)>)> 
         let Ok(s) = d.read_summary() else { continue };
         let role = if r.spec.role == Role::Teacher { "teacher" } else { "student" };
         let mut key = format!("{role:<7} {:<10} {:<6}", r.spec.model, r.spec.method);
-        if let Some(t) = &r.spec.teacher {
-            key.push_str(&format!(" <- {}", t.model()));
+        if !r.spec.teachers.is_empty() {
+            key.push_str(&format!(" <- {}", r.spec.teacher_models()));
         }
         let params: Vec<String> = r.spec.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if !params.is_empty() {

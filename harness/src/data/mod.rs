@@ -196,13 +196,58 @@ impl Dataset {
         let nb = (n + batch_size - 1) / batch_size;
         (0..nb).map(move |i| {
             let start = i * batch_size;
-            let idx = perm.narrow(0, start, batch_size.min(n - start));
-            let mut x = self.train_x.index_select(0, &idx);
-            if augment {
-                x = crop_flip(&x, self.info.pad, self.info.flip);
-            }
-            (self.normalize(&x), self.train_y.index_select(0, &idx))
+            self.gather(&perm.narrow(0, start, batch_size.min(n - start)), augment)
         })
+    }
+
+    /// Training batches built as BAKE's sampler does: `batch/(m+1)` shuffled anchors per batch,
+    /// each followed by `m` images of its class (without replacement where the class allows).
+    /// An epoch holds about as many images as the training set. Draws from the global RNG.
+    pub fn train_batches_grouped(&self, batch_size: i64, m: usize, augment: bool) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+        use rand::{Rng, SeedableRng};
+        let n = self.train_len();
+        let labels: Vec<i64> = Vec::try_from(&self.train_y.to_device(tch::Device::Cpu)).unwrap_or_default();
+        let mut by_class: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+        for (i, y) in labels.iter().enumerate() {
+            by_class.entry(*y).or_default().push(i as i64);
+        }
+        // One draw from the (seeded) global generator makes the sampler deterministic per epoch.
+        let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, tch::Device::Cpu)).int64_value(&[0]) as u64;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let perm: Vec<i64> = Vec::try_from(&Tensor::randperm(n, (Kind::Int64, tch::Device::Cpu))).unwrap_or_default();
+        let group = m as i64 + 1;
+        let anchors = (n / group).max(1) as usize;
+        let mut order: Vec<i64> = Vec::with_capacity(anchors * (m + 1));
+        for &a in perm.iter().take(anchors) {
+            order.push(a);
+            let pool: Vec<i64> = by_class.get(&labels[a as usize]).map(|v| v.iter().copied().filter(|&i| i != a).collect()).unwrap_or_default();
+            let mut pool = pool;
+            for _ in 0..m {
+                if pool.is_empty() {
+                    order.push(a);
+                    continue;
+                }
+                let j = rng.gen_range(0..pool.len());
+                order.push(pool.swap_remove(j));
+            }
+        }
+        let idx_all = Tensor::from_slice(&order).to_device(self.train_y.device());
+        let total = order.len() as i64;
+        let per = (batch_size / group).max(1) * group;
+        let nb = (total + per - 1) / per;
+        (0..nb).map(move |i| {
+            let start = i * per;
+            self.gather(&idx_all.narrow(0, start, per.min(total - start)), augment)
+        })
+    }
+
+    /// Training images and labels at `idx`, augmented if asked, normalised.
+    fn gather(&self, idx: &Tensor, augment: bool) -> (Tensor, Tensor) {
+        let mut x = self.train_x.index_select(0, idx);
+        if augment {
+            x = crop_flip(&x, self.info.pad, self.info.flip);
+        }
+        (self.normalize(&x), self.train_y.index_select(0, idx))
     }
 
     /// Test batches in dataset order, normalised, no augmentation.
@@ -214,6 +259,43 @@ impl Dataset {
             let len = batch_size.min(n - start);
             (self.normalize(&self.test_x.narrow(0, start, len)), self.test_y.narrow(0, start, len))
         })
+    }
+}
+
+/// Mixup (Zhang et al. 2018), as MIX-KD draws it: two independent permutations, a per-sample
+/// weight `a ~ Beta(α, α)`, `x̃ = a·x[π₁] + (1−a)·x[π₂]`, `Y = a·onehot(y[π₁]) + (1−a)·onehot(y[π₂])`.
+/// Partial mixup (PMU) then sets `a = 1` at `⌊partial·N⌋` indices drawn with replacement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mixup {
+    pub alpha: f64,
+    /// `Some(p)`: partial mixup; `None`: every sample is mixed.
+    pub partial: Option<f64>,
+}
+
+impl Mixup {
+    /// Mixes a normalised batch; returns (images, soft targets N×classes).
+    pub fn apply(&self, x: &Tensor, y: &Tensor, classes: i64) -> (Tensor, Tensor) {
+        let n = x.size()[0];
+        let dev = x.device();
+        let p1 = Tensor::randperm(n, (Kind::Int64, dev));
+        let p2 = Tensor::randperm(n, (Kind::Int64, dev));
+        let conc = Tensor::full([n], self.alpha, (Kind::Float, dev));
+        let g1 = conc.internal_standard_gamma();
+        let g2 = conc.internal_standard_gamma();
+        let mut a = &g1 / (&g1 + &g2);
+        if let Some(p) = self.partial {
+            let k = (p * n as f64).floor() as i64;
+            if k > 0 {
+                let idx = Tensor::randint(n, [k], (Kind::Int64, dev));
+                a = a.index_fill(0, &idx, 1.0);
+            }
+        }
+        let av = a.view([n, 1, 1, 1]);
+        let xm = x.index_select(0, &p1) * &av + x.index_select(0, &p2) * (1.0 - &av);
+        let a1 = a.view([n, 1]);
+        let oh = |p: &Tensor| y.index_select(0, p).one_hot(classes).to_kind(Kind::Float);
+        let ym = oh(&p1) * &a1 + oh(&p2) * (1.0 - &a1);
+        (xm, ym)
     }
 }
 

@@ -1,8 +1,10 @@
-//! `ce`: plain cross-entropy training. Used for teachers and for baseline students.
+//! `ce`: plain cross-entropy training (with the recipe's label smoothing and mixup, if set).
+//! Used for teachers and for baseline students.
 
-use super::{Distiller, MethodInfo, Params, Step};
+use super::{Distiller, MethodInfo, Params, Step, Teachers};
 
-pub static INFO: MethodInfo = MethodInfo { name: "ce", paper: "cross-entropy baseline (no distillation)", needs_teacher: false, params: &[], build };
+pub static INFO: MethodInfo =
+    MethodInfo { name: "ce", paper: "cross-entropy baseline (no distillation)", teachers: Teachers::None, inputs: "logits", params: &[], build };
 
 fn build(_: &Params) -> anyhow::Result<Box<dyn Distiller>> {
     Ok(Box::new(Ce))
@@ -12,6 +14,6 @@ struct Ce;
 
 impl Distiller for Ce {
     fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, tch::Tensor)>> {
-        Ok(vec![("ce", step.student.logits.cross_entropy_for_logits(step.labels))])
+        Ok(vec![("ce", step.ce())])
     }
 }

@@ -1,21 +1,19 @@
 //! `kd`: Hinton et al. 2015 (methods-logit.md §1).
 //! `L = w_ce·CE(z_s, y) + w_kd·T²·(1/N)·Σ_i KL(softmax_T(z_t,i) ‖ softmax_T(z_s,i))`.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use super::{Distiller, MethodInfo, ParamDef, ParamKind, Params, Step, float};
-use crate::suite::ParamValue;
+use super::{Distiller, MethodInfo, Params, Step, Teachers, float, fparam, kl_batchmean};
 
 pub static INFO: MethodInfo = MethodInfo {
     name: "kd",
     paper: "Hinton et al. 2015, Distilling the Knowledge in a Neural Network",
-    needs_teacher: true,
+    teachers: Teachers::One,
+    inputs: "student and teacher logits",
     params: &[
-        ParamDef { name: "tau", kind: ParamKind::Float { min: 1e-3, max: 1e3 }, default: ParamValue::Float(4.0), doc: "temperature T" },
-        ParamDef { name: "ce_weight", kind: ParamKind::Float { min: 0.0, max: 1e6 }, default: ParamValue::Float(0.1), doc: "weight of CE with the labels" },
-        ParamDef {
-            name: "kd_weight", kind: ParamKind::Float { min: 0.0, max: 1e6 }, default: ParamValue::Float(0.9), doc: "weight of T²·KL(teacher‖student)"
-        },
+        fparam("tau", 4.0, 1e-3, 1e3, "temperature T"),
+        fparam("ce_weight", 0.1, 0.0, 1e6, "weight of CE with the labels"),
+        fparam("kd_weight", 0.9, 0.0, 1e6, "weight of T²·KL(teacher‖student)"),
     ],
     build,
 };
@@ -33,16 +31,16 @@ struct Kd {
 /// `T² · batchmean KL(softmax_T(teacher) ‖ softmax_T(student))`. libtorch's `Mean` reduction
 /// divides by N·C, so sum over classes and average over the batch by hand.
 pub fn kd_term(student: &Tensor, teacher: &Tensor, tau: f64) -> Tensor {
-    let log_ps = (student / tau).log_softmax(1, Kind::Float);
-    let log_pt = (teacher.detach() / tau).log_softmax(1, Kind::Float);
-    let kl = (log_pt.exp() * (&log_pt - &log_ps)).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float);
-    kl * (tau * tau)
+    let k = student.kind();
+    let log_ps = (student / tau).log_softmax(1, k);
+    let log_pt = (teacher.detach() / tau).log_softmax(1, k);
+    kl_batchmean(&log_pt, &log_ps) * (tau * tau)
 }
 
 impl Distiller for Kd {
     fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
-        let teacher = step.teacher.ok_or_else(|| anyhow::anyhow!("kd needs teacher outputs"))?;
-        let ce = step.student.logits.cross_entropy_for_logits(step.labels) * self.ce_weight;
+        let teacher = step.teacher()?;
+        let ce = step.ce() * self.ce_weight;
         let kd = kd_term(&step.student.logits, &teacher.logits, self.tau) * self.kd_weight;
         Ok(vec![("ce", ce), ("kd", kd)])
     }

@@ -3,9 +3,20 @@
 //! Adding a method: write `foo.rs` with a `pub static INFO: MethodInfo` and its distiller,
 //! then add one line to [`REGISTRY`].
 
+pub mod bake;
+pub mod bdkd;
+pub mod camkd;
 pub mod ce;
+pub mod dist;
+pub mod dkd;
+pub mod eval;
 pub mod kd;
+pub mod ls;
 pub mod metrics;
+pub mod mixkd;
+pub mod nkd;
+pub mod tf_nkd;
+pub mod zipf_ls;
 
 use std::collections::BTreeMap;
 
@@ -17,23 +28,132 @@ use crate::suite::ParamValue;
 /// One training step's outputs, handed to a method.
 pub struct Step<'a> {
     pub student: &'a Output,
-    /// Teacher outputs (computed in eval mode under no-grad), when the method needs a teacher.
-    pub teacher: Option<&'a Output>,
+    /// Teacher outputs (eval mode, no-grad), in the suite's order; empty for teacher-free methods.
+    pub teachers: &'a [Output],
+    /// Hard labels (under mixup: the argmax of the mixed targets).
     pub labels: &'a Tensor,
+    /// Mixed soft targets (N×C) when mixup is on.
+    pub soft_targets: Option<&'a Tensor>,
+    /// Per-location argmax votes of the student's classifier (N×L), for methods that ask.
+    pub dense_argmax: Option<&'a Tensor>,
+    /// The recipe's label smoothing ε for the cross-entropy term (0 = plain CE).
+    pub label_smoothing: f64,
     /// 1-based epoch (warm-ups depend on it).
     pub epoch: u32,
+}
+
+impl Step<'_> {
+    /// The (first) teacher's outputs.
+    pub fn teacher(&self) -> anyhow::Result<&Output> {
+        self.teachers.first().ok_or_else(|| anyhow::anyhow!("this method needs teacher outputs"))
+    }
+
+    /// The task loss every method shares: CE with the labels, or with the mixed targets under
+    /// mixup, with the recipe's label smoothing (Müller et al.: ε/K on every class).
+    pub fn ce(&self) -> Tensor {
+        self.ce_smoothed(self.label_smoothing)
+    }
+
+    /// [`Step::ce`] with an explicit smoothing ε.
+    pub fn ce_smoothed(&self, eps: f64) -> Tensor {
+        let z = &self.student.logits;
+        match self.soft_targets {
+            Some(y) => {
+                let k = z.size()[1] as f64;
+                let y = if eps > 0.0 { y * (1.0 - eps) + eps / k } else { y.shallow_clone() };
+                soft_ce(z, &y)
+            }
+            None if eps > 0.0 => label_smoothed_ce(z, self.labels, eps),
+            None => hard_ce(z, self.labels),
+        }
+    }
+}
+
+/// Mean over rows of `−log softmax(z)_y`, in the logits' precision (tch's
+/// `cross_entropy_for_logits` computes in float32).
+pub fn hard_ce(z: &Tensor, y: &Tensor) -> Tensor {
+    -z.log_softmax(1, z.kind()).gather(1, &y.unsqueeze(1), false).mean(z.kind())
+}
+
+/// Mean over rows of `−Σ_j target_j · log softmax(z)_j`.
+pub fn soft_ce(z: &Tensor, target: &Tensor) -> Tensor {
+    -(target * z.log_softmax(1, z.kind())).sum_dim_intlist(1, false, z.kind()).mean(z.kind())
+}
+
+/// CE against `(1−ε)·onehot(y) + ε/K` (uniform over all K classes, the Müller et al. convention).
+pub fn label_smoothed_ce(z: &Tensor, y: &Tensor, eps: f64) -> Tensor {
+    let k = z.size()[1];
+    let target = y.one_hot(k).to_kind(z.kind()) * (1.0 - eps) + eps / k as f64;
+    soft_ce(z, &target)
+}
+
+/// Batch mean of `KL(softmax(lt) ‖ softmax(ls))` from log-probabilities (xlogy convention:
+/// rows are summed over classes, then averaged over the batch — "batchmean").
+pub fn kl_batchmean(log_pt: &Tensor, log_ps: &Tensor) -> Tensor {
+    kl_rows(log_pt, log_ps).mean(log_ps.kind())
+}
+
+/// Per-row `KL(p_t ‖ p_s)` from log-probabilities; entries with `p_t = 0` contribute 0.
+pub fn kl_rows(log_pt: &Tensor, log_ps: &Tensor) -> Tensor {
+    let pt = log_pt.exp();
+    let terms = (&pt * (log_pt - log_ps)).where_self(&pt.gt(0.0), &pt.zeros_like());
+    terms.sum_dim_intlist(1, false, log_ps.kind())
+}
+
+/// Log-softmax over the non-target classes (target column removed, order kept): N×(C−1).
+pub fn nontarget_log_softmax(z: &Tensor, y: &Tensor) -> Tensor {
+    let s = z.size();
+    let (n, c) = (s[0], s[1]);
+    let keep = y.one_hot(c).logical_not();
+    z.masked_select(&keep).view([n, c - 1]).log_softmax(1, z.kind())
 }
 
 /// A distillation method: named loss terms whose sum is optimised; each term is logged.
 pub trait Distiller: Send {
     fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, Tensor)>>;
+
+    /// Mixup this method does itself (MixKD); `None` leaves the recipe's mixup option in charge.
+    fn mixup(&self) -> Option<crate::data::Mixup> {
+        None
+    }
+
+    /// Same-class images added per anchor in a batch (BAKE's sampler); 0 = plain shuffling.
+    fn same_class_per_anchor(&self) -> usize {
+        0
+    }
+
+    /// Upsampling factor of the final feature map for dense classifier votes (Zipf LS), if used.
+    fn dense_votes(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// How many teachers a method distils from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Teachers {
+    /// Teacher-free (baselines, self-distillation).
+    None,
+    One,
+    /// Two or more (multi-teacher).
+    Many,
 }
 
 /// The kind and bounds of a method parameter (checked at suite validation).
 #[derive(Clone, Copy, Debug)]
 pub enum ParamKind {
     /// A finite float in `[min, max]`.
-    Float { min: f64, max: f64 },
+    Float {
+        min: f64,
+        max: f64,
+    },
+    /// One of a fixed set of strings.
+    Choice(&'static [&'static str]),
+    Bool,
+    /// An integer in `[min, max]`.
+    Int {
+        min: i64,
+        max: i64,
+    },
 }
 
 /// A declared method parameter with its default (from the spec's CIFAR-100 settings).
@@ -52,13 +172,28 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// Paper (and spec section) the method follows.
     pub paper: &'static str,
-    pub needs_teacher: bool,
+    pub teachers: Teachers,
+    /// Inputs beyond logits and labels, for `harness methods`.
+    pub inputs: &'static str,
     pub params: &'static [ParamDef],
     pub build: fn(&Params) -> anyhow::Result<Box<dyn Distiller>>,
 }
 
-/// Every method, in the order `harness methods` lists them.
-pub static REGISTRY: &[&MethodInfo] = &[&ce::INFO, &kd::INFO];
+/// Every method, in the order `harness methods` lists them. One line per method.
+pub static REGISTRY: &[&MethodInfo] = &[
+    &ce::INFO,
+    &ls::INFO,
+    &kd::INFO,
+    &dkd::INFO,
+    &dist::INFO,
+    &nkd::INFO,
+    &tf_nkd::INFO,
+    &bdkd::INFO,
+    &zipf_ls::INFO,
+    &bake::INFO,
+    &mixkd::INFO,
+    &camkd::INFO,
+];
 
 /// Looks a method up by suite name.
 pub fn find(name: &str) -> Option<&'static MethodInfo> {
@@ -71,6 +206,10 @@ pub fn names() -> Vec<&'static str> {
 }
 
 impl MethodInfo {
+    pub fn needs_teacher(&self) -> bool {
+        self.teachers != Teachers::None
+    }
+
     /// Validates a parameter value from a suite; returns it typed.
     pub fn check_param(&self, name: &str, v: &toml::Value) -> Result<ParamValue, String> {
         let Some(def) = self.params.iter().find(|p| p.name == name) else {
@@ -80,18 +219,29 @@ impl MethodInfo {
             }
             return Err(crate::suite::source::unknown(&format!("parameter of method `{}`", self.name), name, &allowed));
         };
+        let tn = crate::suite::source::type_name;
         match def.kind {
             ParamKind::Float { min, max } => {
                 let x = match v {
                     toml::Value::Float(f) => *f,
                     toml::Value::Integer(i) => *i as f64,
-                    other => return Err(format!("expected a number in [{min}, {max}], found {}", crate::suite::source::type_name(other))),
+                    other => return Err(format!("expected a number in [{min}, {max}], found {}", tn(other))),
                 };
                 if !x.is_finite() || x < min || x > max {
                     return Err(format!("expected a number in [{min}, {max}], found {x}"));
                 }
                 Ok(ParamValue::Float(x))
             }
+            ParamKind::Choice(options) => match v.as_str() {
+                Some(s) if options.contains(&s) => Ok(ParamValue::Str(s.to_string().into())),
+                Some(s) => Err(crate::suite::source::unknown("value", s, options)),
+                None => Err(format!("expected one of {}, found {}", options.join(", "), tn(v))),
+            },
+            ParamKind::Int { min, max } => match v {
+                toml::Value::Integer(i) if (min..=max).contains(i) => Ok(ParamValue::Int(*i)),
+                other => Err(format!("expected an integer in [{min}, {max}], found {}", other)),
+            },
+            ParamKind::Bool => v.as_bool().map(ParamValue::Bool).ok_or_else(|| format!("expected true or false, found {}", tn(v))),
         }
     }
 
@@ -103,6 +253,32 @@ impl MethodInfo {
             }
         }
         (self.build)(params)
+    }
+
+    /// Defaults of every parameter.
+    pub fn defaults(&self) -> Params {
+        self.params.iter().map(|p| (p.name.to_string(), p.default.clone())).collect()
+    }
+}
+
+/// Shorthand for a float parameter declaration.
+pub const fn fparam(name: &'static str, default: f64, min: f64, max: f64, doc: &'static str) -> ParamDef {
+    ParamDef { name, kind: ParamKind::Float { min, max }, default: ParamValue::Float(default), doc }
+}
+
+/// Reads a string parameter.
+pub fn string(params: &Params, name: &str) -> anyhow::Result<String> {
+    match params.get(name) {
+        Some(ParamValue::Str(s)) => Ok(s.to_string()),
+        _ => anyhow::bail!("parameter {name} missing or not a string"),
+    }
+}
+
+/// Reads a bool parameter.
+pub fn boolean(params: &Params, name: &str) -> anyhow::Result<bool> {
+    match params.get(name) {
+        Some(ParamValue::Bool(b)) => Ok(*b),
+        _ => anyhow::bail!("parameter {name} missing or not a bool"),
     }
 }
 

@@ -25,6 +25,10 @@ pub struct Output {
 /// A network. Training-mode BN when `train` is true.
 pub trait Model: Send {
     fn forward(&self, x: &Tensor, train: bool) -> Output;
+
+    /// The classifier alone, applied to pooled vectors (…×D → …×classes); used for dense
+    /// per-location votes over the final feature map.
+    fn head(&self, pooled: &Tensor) -> Tensor;
 }
 
 /// Build-time settings derived from the dataset.

@@ -105,4 +105,8 @@ impl Model for ResNet {
         let logits = self.fc.forward(&pooled);
         Output { logits, feats, preact, pooled }
     }
+
+    fn head(&self, pooled: &Tensor) -> Tensor {
+        self.fc.forward(pooled)
+    }
 }

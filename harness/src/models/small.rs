@@ -44,6 +44,10 @@ impl Model for Mlp {
         let logits = self.fc.forward(&h2);
         Output { logits, feats: vec![h1, h2.shallow_clone()], preact: vec![h1p, h2p], pooled: h2 }
     }
+
+    fn head(&self, pooled: &Tensor) -> Tensor {
+        self.fc.forward(pooled)
+    }
 }
 
 /// Stride-1 stem then stride-2 stages: `conv{i}`/`bn{i}`, then `fc`.
@@ -79,5 +83,9 @@ impl Model for Cnn {
         let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
         let logits = self.fc.forward(&pooled);
         Output { logits, feats, preact, pooled }
+    }
+
+    fn head(&self, pooled: &Tensor) -> Tensor {
+        self.fc.forward(pooled)
     }
 }

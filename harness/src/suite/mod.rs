@@ -17,7 +17,7 @@
 //! pair = [{ teacher = "cnn", student = "cnn_tiny" }]   # array of tables: a zipped axis
 //! method = ["ce", "kd"]                                 # array of values: a crossed axis
 //! ```
-//! Grid keys: `teacher`, `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
+//! Grid keys: `teacher`, `teachers` (multi-teacher), `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
 //! `teacher.train.<recipe key>`, `teacher.seed`, `<method>.<param>`.
 
 pub mod source;
@@ -25,8 +25,6 @@ pub mod spec;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 
 pub use source::Seg;
 use source::{Source, type_name, unknown};
@@ -48,6 +46,8 @@ pub struct Suite {
     /// `[methods.<name>]` parameter overrides.
     pub methods: BTreeMap<String, BTreeMap<String, (toml::Value, Vec<Seg>)>>,
     pub axes: Vec<Axis>,
+    /// Published results with their source (`[[expected]]`).
+    pub expected: Vec<Expected>,
     src: Source,
 }
 
@@ -115,7 +115,22 @@ impl Plan {
     }
 }
 
-const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid"];
+const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid", "expected"];
+const EXPECTED_KEYS: &[&str] = &["teacher", "student", "method", "top1", "std", "metric", "source"];
+
+/// A published number the suite should reproduce (`[[expected]]`), for reports to compare against.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Expected {
+    pub teacher: Option<String>,
+    pub student: String,
+    pub method: String,
+    /// Top-1 in percent.
+    pub top1: f64,
+    pub std: Option<f64>,
+    /// `best` (best epoch, the DKD convention) or `last` (last epoch, the CRD convention).
+    pub metric: String,
+    pub source: String,
+}
 const SUITE_KEYS: &[&str] = &["name", "description", "dataset", "data_dir", "seeds"];
 const TEACHER_KEYS: &[&str] = &["model", "seed", "train", "checkpoint"];
 const GRID_KEYS: &[&str] =
@@ -311,7 +326,8 @@ impl Suite {
             return Err(input(src.error(&[key("suite"), key("seeds")], "seeds are given both here and as a grid axis `seed`; keep one")));
         }
 
-        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, src })
+        let expected = parse_expected(&src)?;
+        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, src })
     }
 
     /// The suite file this was read from.
@@ -351,8 +367,8 @@ impl Suite {
             for (ai, a) in axes.iter().enumerate() {
                 point.extend(a.point(idx[ai]));
             }
-            let (teacher, student) = self.resolve(&point, data, info)?;
-            if let Some(t) = teacher {
+            let (teacher_runs, student) = self.resolve(&point, data, info)?;
+            for t in teacher_runs {
                 add_run(&mut index, &mut teachers, &mut students, PlannedRun { spec: t, deps: vec![] });
             }
             add_run(&mut index, &mut teachers, &mut students, student);
@@ -363,7 +379,7 @@ impl Suite {
     }
 
     /// Resolves one grid point into (teacher run if trained here, student run).
-    fn resolve(&self, point: &[Setting], data: &DataRef, info: &data::DatasetInfo) -> anyhow::Result<(Option<RunSpec>, PlannedRun)> {
+    fn resolve(&self, point: &[Setting], data: &DataRef, info: &data::DatasetInfo) -> anyhow::Result<(Vec<RunSpec>, PlannedRun)> {
         let get = |k: &str| point.iter().find(|s| s.key == k);
         let err = |s: &Setting, m: String| input(self.src.error(&s.path, m));
         let str_of = |s: &Setting| -> anyhow::Result<String> {
@@ -423,16 +439,38 @@ impl Suite {
         }
         train.check().map_err(|m| err(student, m))?;
 
-        let mut teacher_run = None;
+        // Teachers: `teacher = "name"` or `teachers = ["a", "b", ...]` (multi-teacher methods).
+        let mut names: Vec<(String, &Setting)> = Vec::new();
+        if let Some(ts) = get("teacher") {
+            names.push((str_of(ts)?, ts));
+        }
+        if let Some(ts) = get("teachers") {
+            if !names.is_empty() {
+                return Err(err(ts, "set either `teacher` or `teachers`, not both".into()));
+            }
+            let arr = ts.value.as_array().ok_or_else(|| err(ts, format!("expected an array of teacher names, found {}", type_name(&ts.value))))?;
+            for v in arr {
+                names.push((v.as_str().ok_or_else(|| err(ts, format!("expected teacher names (strings), found {}", type_name(v))))?.to_string(), ts));
+            }
+        }
+        let anchor = get("method").unwrap_or(student);
+        match minfo.teachers {
+            distill::Teachers::None => names.clear(),
+            distill::Teachers::One if names.len() != 1 => {
+                return Err(err(
+                    anchor,
+                    format!("method `{method}` needs exactly one teacher; set `teacher` in the grid (a [teachers.<name>] entry or a model name)"),
+                ));
+            }
+            distill::Teachers::Many if names.len() < 2 => {
+                return Err(err(anchor, format!("method `{method}` needs two or more teachers; set `teachers = [\"a\", \"b\"]` in the grid")));
+            }
+            _ => {}
+        }
+        let mut teacher_runs = Vec::new();
+        let mut teachers = Vec::new();
         let mut deps = Vec::new();
-        let teacher = if minfo.needs_teacher {
-            let ts = get("teacher").ok_or_else(|| {
-                err(
-                    get("method").unwrap_or(student),
-                    format!("method `{method}` needs a teacher; set `teacher` in the grid (a [teachers.<name>] entry or a model name)"),
-                )
-            })?;
-            let tname = str_of(ts)?;
+        for (tname, ts) in names {
             let (tmodel, mut tseed, overrides, checkpoint) = match self.teachers.get(&tname) {
                 Some(d) => (d.model.clone(), d.seed, d.train.clone(), d.checkpoint.clone()),
                 None if models::find(&tname).is_some() => (tname.clone(), 0, vec![], None),
@@ -448,48 +486,40 @@ impl Suite {
                 let bytes = std::fs::read(&ck).map_err(|e| {
                     input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("cannot read checkpoint {}: {e}", ck.display())))
                 })?;
-                Some(TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: blake3::hash(&bytes).to_hex().to_string() })
-            } else {
-                let mut ttrain = self.train.clone();
-                for (k, v, p) in &overrides {
-                    ttrain.set(k, v).map_err(|m| input(self.src.error(p, m)))?;
-                }
-                for s in point {
-                    if let Some(r) = s.key.strip_prefix("teacher.train.") {
-                        ttrain.set(r, &s.value).map_err(|m| err(s, m))?;
-                    } else if s.key == "teacher.seed" {
-                        tseed = seed_of(&s.value).map_err(|m| err(s, m))?;
-                    }
-                }
-                ttrain.check().map_err(|m| err(ts, m))?;
-                let ce = distill::find("ce").context("method registry lacks ce")?;
-                let mut tparams = BTreeMap::new();
-                for p in ce.params {
-                    tparams.insert(p.name.to_string(), p.default.clone());
-                }
-                let mut t = RunSpec {
-                    id: String::new(),
-                    suite: self.name.clone(),
-                    role: Role::Teacher,
-                    dataset: data.clone(),
-                    model: tmodel.clone(),
-                    method: "ce".into(),
-                    params: tparams,
-                    train: ttrain,
-                    seed: tseed,
-                    teacher: None,
-                    save_model: true,
-                    exclusive,
-                };
-                t.id = t.compute_id();
-                deps.push(t.id.clone());
-                let r = TeacherRef::Run { id: t.id.clone(), model: tmodel };
-                teacher_run = Some(t);
-                Some(r)
+                teachers.push(TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: blake3::hash(&bytes).to_hex().to_string() });
+                continue;
             }
-        } else {
-            None
-        };
+            let mut ttrain = self.train.clone();
+            for (k, v, p) in &overrides {
+                ttrain.set(k, v).map_err(|m| input(self.src.error(p, m)))?;
+            }
+            for s in point {
+                if let Some(r) = s.key.strip_prefix("teacher.train.") {
+                    ttrain.set(r, &s.value).map_err(|m| err(s, m))?;
+                } else if s.key == "teacher.seed" {
+                    tseed = seed_of(&s.value).map_err(|m| err(s, m))?;
+                }
+            }
+            ttrain.check().map_err(|m| err(ts, m))?;
+            let mut t = RunSpec {
+                id: String::new(),
+                suite: self.name.clone(),
+                role: Role::Teacher,
+                dataset: data.clone(),
+                model: tmodel.clone(),
+                method: "ce".into(),
+                params: BTreeMap::new(),
+                train: ttrain,
+                seed: tseed,
+                teachers: vec![],
+                save_model: true,
+                exclusive,
+            };
+            t.id = t.compute_id();
+            deps.push(t.id.clone());
+            teachers.push(TeacherRef::Run { id: t.id.clone(), model: tmodel });
+            teacher_runs.push(t);
+        }
 
         let mut spec = RunSpec {
             id: String::new(),
@@ -501,13 +531,55 @@ impl Suite {
             params,
             train,
             seed,
-            teacher,
+            teachers,
             save_model,
             exclusive,
         };
         spec.id = spec.compute_id();
-        Ok((teacher_run, PlannedRun { spec, deps }))
+        Ok((teacher_runs, PlannedRun { spec, deps }))
     }
+}
+
+fn parse_expected(src: &Source) -> anyhow::Result<Vec<Expected>> {
+    let Some(v) = src.table.get("expected") else { return Ok(vec![]) };
+    let p = vec![key("expected")];
+    let arr = v.as_array().ok_or_else(|| input(src.error(&p, "expected an array of tables: [[expected]]")))?;
+    let mut out = Vec::new();
+    for (i, e) in arr.iter().enumerate() {
+        let ep = vec![key("expected"), Seg::Idx(i)];
+        let t = e.as_table().ok_or_else(|| input(src.error(&ep, format!("expected a table, found {}", type_name(e)))))?;
+        for k in t.keys() {
+            if !EXPECTED_KEYS.contains(&k.as_str()) {
+                return Err(input(src.error(&[ep.clone(), vec![key(k)]].concat(), unknown("key", k, EXPECTED_KEYS))));
+            }
+        }
+        let student = req_str(src, t, &ep, "student")?;
+        check_model(src, &[ep.clone(), vec![key("student")]].concat(), &student)?;
+        let teacher = opt_str(src, t, &ep, "teacher")?;
+        if let Some(tm) = &teacher {
+            check_model(src, &[ep.clone(), vec![key("teacher")]].concat(), tm)?;
+        }
+        let method = req_str(src, t, &ep, "method")?;
+        if distill::find(&method).is_none() {
+            return Err(input(src.error(&[ep.clone(), vec![key("method")]].concat(), unknown("method", &method, &distill::names()))));
+        }
+        let num = |k: &str| -> anyhow::Result<Option<f64>> {
+            match t.get(k) {
+                None => Ok(None),
+                Some(toml::Value::Float(f)) => Ok(Some(*f)),
+                Some(toml::Value::Integer(i)) => Ok(Some(*i as f64)),
+                Some(other) => Err(input(src.error(&[ep.clone(), vec![key(k)]].concat(), format!("expected a number, found {}", type_name(other))))),
+            }
+        };
+        let top1 = num("top1")?.ok_or_else(|| input(src.error(&ep, "missing required key `top1` (percent)")))?;
+        let metric = opt_str(src, t, &ep, "metric")?.unwrap_or_else(|| "best".into());
+        if metric != "best" && metric != "last" {
+            return Err(input(src.error(&[ep.clone(), vec![key("metric")]].concat(), unknown("metric", &metric, &["best", "last"]))));
+        }
+        let source = req_str(src, t, &ep, "source")?;
+        out.push(Expected { teacher, student, method, top1, std: num("std")?, metric, source });
+    }
+    Ok(out)
 }
 
 /// Adds a run unless its id exists; a run that is both a teacher and a student becomes a teacher.
@@ -558,7 +630,7 @@ fn flatten<'a>(t: impl IntoIterator<Item = (&'a String, &'a toml::Value)>, prefi
 
 fn check_grid_key(src: &Source, path: &[Seg], k: &str) -> anyhow::Result<()> {
     let ok = match k {
-        "teacher" | "student" | "method" | "seed" | "save_model" | "exclusive" | "teacher.seed" => Ok(()),
+        "teacher" | "teachers" | "student" | "method" | "seed" | "save_model" | "exclusive" | "teacher.seed" => Ok(()),
         _ => {
             if let Some(r) = k.strip_prefix("teacher.train.").or_else(|| k.strip_prefix("train.")) {
                 if spec::RECIPE_KEYS.contains(&r) { Ok(()) } else { Err(unknown("recipe key", r, spec::RECIPE_KEYS)) }
@@ -591,12 +663,18 @@ fn check_grid_value(src: &Source, path: &[Seg], k: &str, v: &toml::Value, teache
             }
             Ok(())
         }
-        "teacher" => {
-            let t = name()?;
-            if !teachers.contains_key(t) && models::find(t).is_none() {
-                let mut allowed: Vec<&str> = teachers.keys().map(String::as_str).collect();
-                allowed.extend(models::names());
-                return Err(input(src.error(path, unknown("teacher", t, &allowed))));
+        "teacher" | "teachers" => {
+            let list: Vec<&toml::Value> = match v.as_array() {
+                Some(a) if k == "teachers" => a.iter().collect(),
+                _ => vec![v],
+            };
+            for item in list {
+                let t = item.as_str().ok_or_else(|| input(src.error(path, format!("expected a teacher name, found {}", type_name(item)))))?;
+                if !teachers.contains_key(t) && models::find(t).is_none() {
+                    let mut allowed: Vec<&str> = teachers.keys().map(String::as_str).collect();
+                    allowed.extend(models::names());
+                    return Err(input(src.error(path, unknown("teacher", t, &allowed))));
+                }
             }
             Ok(())
         }

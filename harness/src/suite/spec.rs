@@ -18,6 +18,15 @@ pub struct Recipe {
     pub gamma: f64,
     /// Random crop (dataset padding) + horizontal flip (where the dataset allows it).
     pub augment: bool,
+    /// Label smoothing ε of the CE term (Müller et al.; 0 = off). Works for teachers too.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Mixup Beta(α, α) for any method (0 = off; MixKD brings its own).
+    #[serde(default)]
+    pub mixup_alpha: f64,
+    /// Partial mixup: fraction of ⌊p·N⌋ indices (drawn with replacement) left unmixed; 0 = full mixup.
+    #[serde(default)]
+    pub mixup_partial: f64,
 }
 
 impl Default for Recipe {
@@ -33,12 +42,28 @@ impl Default for Recipe {
             milestones: vec![150, 180, 210],
             gamma: 0.1,
             augment: true,
+            label_smoothing: 0.0,
+            mixup_alpha: 0.0,
+            mixup_partial: 0.0,
         }
     }
 }
 
 /// Keys a `[train]` table (or a `train.<key>` axis) may set.
-pub const RECIPE_KEYS: &[&str] = &["epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma", "augment"];
+pub const RECIPE_KEYS: &[&str] = &[
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "milestones",
+    "gamma",
+    "augment",
+    "label_smoothing",
+    "mixup_alpha",
+    "mixup_partial",
+];
 
 impl Recipe {
     /// Learning rate in effect during 1-based `epoch`.
@@ -81,9 +106,23 @@ impl Recipe {
             }
             "gamma" => self.gamma = positive_float(v)?,
             "augment" => self.augment = boolean(v)?,
+            "label_smoothing" => self.label_smoothing = unit(v)?,
+            "mixup_alpha" => {
+                let a = float(v)?;
+                if a < 0.0 {
+                    return Err(format!("expected a number >= 0 (0 = off), found {a}"));
+                }
+                self.mixup_alpha = a
+            }
+            "mixup_partial" => self.mixup_partial = unit(v)?,
             other => return Err(super::source::unknown("recipe key", other, RECIPE_KEYS)),
         }
         Ok(())
+    }
+
+    /// The recipe's mixup, if on.
+    pub fn mixup(&self) -> Option<crate::data::Mixup> {
+        (self.mixup_alpha > 0.0).then(|| crate::data::Mixup { alpha: self.mixup_alpha, partial: (self.mixup_partial > 0.0).then_some(self.mixup_partial) })
     }
 
     /// Cross-key checks, after all keys are set.
@@ -101,6 +140,13 @@ fn float(v: &toml::Value) -> Result<f64, String> {
         toml::Value::Integer(i) => Ok(*i as f64),
         other => Err(format!("expected a number, found {}", super::source::type_name(other))),
     }
+}
+fn unit(v: &toml::Value) -> Result<f64, String> {
+    let f = float(v)?;
+    if !(0.0..=1.0).contains(&f) {
+        return Err(format!("expected a number in [0, 1], found {f}"));
+    }
+    Ok(f)
 }
 fn positive_float(v: &toml::Value) -> Result<f64, String> {
     let f = float(v)?;
@@ -127,7 +173,8 @@ pub enum ParamValue {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
+    /// `Cow` so declarations can hold `'static` defaults.
+    Str(std::borrow::Cow<'static, str>),
 }
 
 impl ParamValue {
@@ -197,7 +244,8 @@ pub struct RunSpec {
     pub params: BTreeMap<String, ParamValue>,
     pub train: Recipe,
     pub seed: u64,
-    pub teacher: Option<TeacherRef>,
+    /// Teachers in the suite's order (none for teacher-free methods, several for multi-teacher).
+    pub teachers: Vec<TeacherRef>,
     /// Write `model.safetensors` at the end (always for teachers).
     pub save_model: bool,
     /// Needs a whole GPU (or all CPU slots) to itself; a scheduling hint, not part of the id.
@@ -216,7 +264,7 @@ struct IdView<'a> {
     params: &'a BTreeMap<String, ParamValue>,
     train: &'a Recipe,
     seed: u64,
-    teacher: Option<IdTeacher<'a>>,
+    teachers: Vec<IdTeacher<'a>>,
 }
 
 #[derive(Serialize)]
@@ -239,10 +287,14 @@ impl RunSpec {
             params: &self.params,
             train: &self.train,
             seed: self.seed,
-            teacher: self.teacher.as_ref().map(|t| match t {
-                TeacherRef::Run { id, .. } => IdTeacher::Run(id),
-                TeacherRef::Checkpoint { model, hash, .. } => IdTeacher::Checkpoint(model, hash),
-            }),
+            teachers: self
+                .teachers
+                .iter()
+                .map(|t| match t {
+                    TeacherRef::Run { id, .. } => IdTeacher::Run(id),
+                    TeacherRef::Checkpoint { model, hash, .. } => IdTeacher::Checkpoint(model, hash),
+                })
+                .collect(),
         };
         // Serialising plain structs/BTreeMaps cannot fail.
         serde_json::to_string(&view).unwrap_or_default()
@@ -254,11 +306,16 @@ impl RunSpec {
         h.to_hex()[..16].to_string()
     }
 
+    /// Teacher model names joined with `+`.
+    pub fn teacher_models(&self) -> String {
+        self.teachers.iter().map(|t| t.model()).collect::<Vec<_>>().join("+")
+    }
+
     /// Short human label, e.g. `cnn_tiny kd(tau=4) <- cnn_small s1`.
     pub fn label(&self) -> String {
         let mut s = format!("{} {}", self.model, self.method);
-        if let Some(t) = &self.teacher {
-            s.push_str(&format!(" <- {}", t.model()));
+        if !self.teachers.is_empty() {
+            s.push_str(&format!(" <- {}", self.teacher_models()));
         }
         s.push_str(&format!(" seed {}", self.seed));
         s

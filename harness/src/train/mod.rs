@@ -113,6 +113,21 @@ pub fn load_teacher(tref: &TeacherRef, run: &RunDir, data: &Dataset, device: Dev
     }
 }
 
+/// Per-location argmax classes (N×L) of the classifier over the final feature map, upsampled
+/// bilinearly by `up` (Zipf LS's dense votes). No gradient.
+pub fn dense_argmax(model: &dyn Model, out: &crate::models::Output, up: i64) -> anyhow::Result<Tensor> {
+    let Some(f) = out.feats.last().filter(|f| f.dim() == 4) else {
+        anyhow::bail!("dense votes need a model whose last feature is a spatial map (N×C×H×W); use zipf_ls rank = \"logits\"");
+    };
+    Ok(tch::no_grad(|| {
+        let s = f.size();
+        let f = if up > 1 { f.detach().upsample_bilinear2d([s[2] * up, s[3] * up], false, None, None) } else { f.detach() };
+        let (n, d) = (s[0], s[1]);
+        let flat = f.permute([0, 2, 3, 1]).reshape([-1, d]);
+        model.head(&flat).argmax(1, false).view([n, -1])
+    }))
+}
+
 /// Per-epoch progress reported to the caller (the scheduler prints it).
 pub struct Progress {
     pub epoch: u32,
@@ -231,14 +246,19 @@ pub fn train(
     run: &RunDir,
     data: &Dataset,
     device: Device,
-    teacher: Option<Teacher>,
+    teachers: Vec<Teacher>,
     on_epoch: &mut dyn FnMut(&Progress),
 ) -> anyhow::Result<Summary> {
     let start = Instant::now();
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.log()).with_context(|| format!("opening {}", run.log().display()))?;
     let minfo = distill::find(&spec.method).ok_or_else(|| anyhow::anyhow!("unknown method {}", spec.method))?;
-    if minfo.needs_teacher && teacher.is_none() {
-        anyhow::bail!("method {} needs a teacher", spec.method);
+    let need = match minfo.teachers {
+        distill::Teachers::None => 0..=0,
+        distill::Teachers::One => 1..=1,
+        distill::Teachers::Many => 2..=usize::MAX,
+    };
+    if !need.contains(&teachers.len()) {
+        anyhow::bail!("method {} got {} teacher(s)", spec.method, teachers.len());
     }
     let mut distiller = minfo.instantiate(&spec.params)?;
     tch::manual_seed(epoch_seed(spec.seed, 0));
@@ -247,12 +267,23 @@ pub fn train(
     let r = &spec.train;
     let mut opt = sgd::Sgd::new(&net.vs, r.lr, r.momentum, r.weight_decay, r.nesterov);
 
-    // The teacher's test logits are fixed: compute them once for agreement / predictive KL.
-    let teacher_test = teacher.as_ref().map(|t| test_logits(t.net.model.as_ref(), data));
-    let mut teacher_top1 = teacher.as_ref().and_then(|t| t.top1);
+    // The teachers' test predictions are fixed: compute them once for agreement / predictive KL
+    // (several teachers: their ensemble, the log of the averaged probabilities).
+    let teacher_test = match teachers.len() {
+        0 => None,
+        1 => Some(test_logits(teachers[0].net.model.as_ref(), data)),
+        k => {
+            let lps: Vec<Tensor> = teachers.iter().map(|t| test_logits(t.net.model.as_ref(), data).log_softmax(1, Kind::Float)).collect();
+            Some(Tensor::stack(&lps, 0).logsumexp([0i64].as_slice(), false) - (k as f64).ln())
+        }
+    };
+    let mut teacher_top1 = if teachers.len() == 1 { teachers[0].top1 } else { None };
     if let (Some(tl), None) = (&teacher_test, teacher_top1) {
         teacher_top1 = Some(evaluate(tl, &data.test_y).top1);
     }
+    let mixup = distiller.mixup().or_else(|| r.mixup());
+    let group = distiller.same_class_per_anchor();
+    let dense = distiller.dense_votes();
 
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header: Vec<String> = Vec::new();
@@ -301,11 +332,36 @@ pub fn train(
         let mut total_sum = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut seen = 0i64;
-        for (x, y) in data.train_batches(r.batch_size as i64, r.augment) {
+        let batches: Box<dyn Iterator<Item = (Tensor, Tensor)>> = if group > 0 {
+            Box::new(data.train_batches_grouped(r.batch_size as i64, group, r.augment))
+        } else {
+            Box::new(data.train_batches(r.batch_size as i64, r.augment))
+        };
+        for (x, y) in batches {
             let bs = y.size()[0];
-            let t_out = teacher.as_ref().map(|t| tch::no_grad(|| t.net.model.forward(&x, false)));
+            let (x, y, soft) = match &mixup {
+                Some(m) => {
+                    let (xm, ym) = m.apply(&x, &y, data.info.classes);
+                    (xm, ym.argmax(1, false), Some(ym))
+                }
+                None => (x, y, None),
+            };
+            let t_out: Vec<crate::models::Output> = teachers.iter().map(|t| tch::no_grad(|| t.net.model.forward(&x, false))).collect();
             let s_out = net.model.forward(&x, true);
-            let terms = distiller.losses(&Step { student: &s_out, teacher: t_out.as_ref(), labels: &y, epoch })?;
+            let votes = match dense {
+                Some(up) => Some(dense_argmax(net.model.as_ref(), &s_out, up)?),
+                None => None,
+            };
+            let step = Step {
+                student: &s_out,
+                teachers: &t_out,
+                labels: &y,
+                soft_targets: soft.as_ref(),
+                dense_argmax: votes.as_ref(),
+                label_smoothing: r.label_smoothing,
+                epoch,
+            };
+            let terms = distiller.losses(&step)?;
             if terms.is_empty() {
                 anyhow::bail!("method {} returned no loss terms", spec.method);
             }
