@@ -245,3 +245,19 @@ pair = [{ teacher = "resnet8", student = "resnet8", method = "kd" }]
         assert!(s["param_count"].as_i64().unwrap() == 78_042, "resnet8 with 10 classes: {s}");
     }
 }
+
+#[test]
+fn a_takd_chain_trains_the_assistant_before_the_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[suite]\nname = \"tiny\"\ndataset = \"digits\"\n[train]\nepochs = 1\nbatch_size = 128\nmilestones = []\n[grid]\npair = [{ chain = [\"cnn_small\", \"cnn_tiny\"], student = \"mlp\", method = \"kd\" }]\n";
+    let suite = suite_in(dir.path(), body);
+    let o = harness(&["run", suite.to_str().unwrap(), "--results", "r", "--devices", "cpu"], dir.path());
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("3 finished now"), "{t}");
+    let (top, ta, st) = (t.find("done  ").unwrap(), t.find("cnn_tiny kd <- cnn_small").unwrap(), t.find("mlp kd <- cnn_tiny").unwrap());
+    assert!(top < ta && ta < st, "{t}");
+    let runs = run_dirs(&dir.path().join("r"));
+    let ta_dir = runs.iter().find(|r| json(&r.join("config.json"))["model"] == "cnn_tiny").unwrap();
+    assert!(ta_dir.join("model.safetensors").is_file(), "the assistant's weights are kept for its student");
+    assert!(json(&ta_dir.join("summary.json"))["agreement"].is_number());
+}

@@ -414,3 +414,50 @@ fn pickle_reader_rejects_what_it_cannot_decode() {
     assert!(data::pickle::load(&[0x80, 2, b'X', 10, 0, 0, 0, b'a']).unwrap_err().contains("truncated"));
     let _ = RawSplit::default();
 }
+
+#[test]
+fn teacher_assistant_chains_and_born_again_generations_are_runs_in_the_dag() {
+    let text = r#"
+[suite]
+name = "c"
+dataset = "digits"
+[teachers.big]
+model = "cnn_small"
+[teachers.gen0]
+model = "cnn_tiny"
+[teachers.gen1]
+model = "cnn_tiny"
+teacher = "gen0"
+[grid]
+pair = [
+  { chain = ["big", "mlp"], student = "cnn_tiny", method = "kd" },
+  { chain = ["big", "mlp"], student = "mlp", method = "dkd" },
+  { teacher = "gen1", student = "cnn_tiny", method = "kd" },
+]
+"#;
+    let plan = parse(text).unwrap().expand(&data_ref()).unwrap();
+    let by_id = |id: &str| plan.runs.iter().find(|r| r.spec.id == id).unwrap();
+    let pos = |id: &str| plan.runs.iter().position(|r| r.spec.id == id).unwrap();
+    // big (ce), mlp TA by kd, mlp TA by dkd, gen0 (ce), gen1 (kd from gen0), then 3 students.
+    assert_eq!((plan.teachers(), plan.students()), (5, 3), "{:#?}", plan.runs.iter().map(|r| r.spec.label()).collect::<Vec<_>>());
+    for r in &plan.runs {
+        for d in &r.deps {
+            assert!(pos(d) < pos(&r.spec.id), "{} runs before its teacher {d}", r.spec.label());
+        }
+        if r.spec.role == Role::Student {
+            let ta = by_id(&r.deps[0]);
+            assert_eq!(ta.spec.role, Role::Teacher);
+            assert_eq!(ta.spec.method, r.spec.method, "each chain link is trained with the run's method");
+        }
+    }
+    let gen1 = plan.runs.iter().find(|r| r.spec.role == Role::Teacher && r.spec.model == "cnn_tiny" && !r.deps.is_empty()).unwrap();
+    assert_eq!(gen1.spec.method, "kd");
+    assert_eq!(by_id(&gen1.deps[0]).spec.model, "cnn_tiny");
+    // Both chains share the top teacher.
+    let tops: Vec<_> = plan.runs.iter().filter(|r| r.spec.model == "cnn_small").collect();
+    assert_eq!(tops.len(), 1);
+
+    let cyc = "[suite]\nname='c'\ndataset='digits'\n[teachers.a]\nmodel='mlp'\nteacher='b'\n[teachers.b]\nmodel='mlp'\nteacher='a'\n[grid]\npair=[{teacher='a', student='mlp', method='kd'}]\n";
+    let e = format!("{:#}", parse(cyc).unwrap().expand(&data_ref()).err().unwrap());
+    assert!(e.contains("cycle"), "{e}");
+}

@@ -17,7 +17,7 @@
 //! pair = [{ teacher = "cnn", student = "cnn_tiny" }]   # array of tables: a zipped axis
 //! method = ["ce", "kd"]                                 # array of values: a crossed axis
 //! ```
-//! Grid keys: `teacher`, `teachers` (multi-teacher), `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
+//! Grid keys: `teacher`, `teachers` (multi-teacher), `chain` (TAKD), `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
 //! `teacher.train.<recipe key>`, `teacher.seed`, `<method>.<param>`.
 
 pub mod source;
@@ -57,6 +57,10 @@ pub struct TeacherDecl {
     pub seed: u64,
     pub train: Vec<(String, toml::Value, Vec<Seg>)>,
     pub checkpoint: Option<PathBuf>,
+    /// Teachers this teacher is itself distilled from (teacher assistants, born-again generations).
+    pub teachers: Vec<String>,
+    /// Its training method: `ce` by default, `kd` by default when it has teachers.
+    pub method: Option<String>,
     path: Vec<Seg>,
 }
 
@@ -132,9 +136,23 @@ pub struct Expected {
     pub source: String,
 }
 const SUITE_KEYS: &[&str] = &["name", "description", "dataset", "data_dir", "seeds"];
-const TEACHER_KEYS: &[&str] = &["model", "seed", "train", "checkpoint"];
-const GRID_KEYS: &[&str] =
-    &["teacher", "student", "method", "seed", "save_model", "exclusive", "train.<key>", "teacher.train.<key>", "teacher.seed", "<method>.<param>"];
+const TEACHER_KEYS: &[&str] = &["model", "seed", "train", "checkpoint", "teacher", "teachers", "method"];
+/// Deepest teacher chain followed before reporting a cycle.
+const MAX_CHAIN: usize = 32;
+const GRID_KEYS: &[&str] = &[
+    "teacher",
+    "teachers",
+    "chain",
+    "student",
+    "method",
+    "seed",
+    "save_model",
+    "exclusive",
+    "train.<key>",
+    "teacher.train.<key>",
+    "teacher.seed",
+    "<method>.<param>",
+];
 
 fn key(k: &str) -> Seg {
     Seg::Key(k.to_string())
@@ -233,7 +251,37 @@ impl Suite {
                     }
                 }
                 let checkpoint = opt_str(&src, tt, &p, "checkpoint")?.map(|c| base_dir.join(c));
-                teachers.insert(tname.clone(), TeacherDecl { model, seed, train: overrides, checkpoint, path: p });
+                let mut ups: Vec<String> = opt_str(&src, tt, &p, "teacher")?.into_iter().collect();
+                if let Some(v) = tt.get("teachers") {
+                    let tp = [p.clone(), vec![key("teachers")]].concat();
+                    let arr = v.as_array().ok_or_else(|| input(src.error(&tp, format!("expected an array of teacher names, found {}", type_name(v)))))?;
+                    if !ups.is_empty() {
+                        return Err(input(src.error(&tp, "set either `teacher` or `teachers`, not both")));
+                    }
+                    for x in arr {
+                        ups.push(x.as_str().ok_or_else(|| input(src.error(&tp, format!("expected teacher names, found {}", type_name(x)))))?.to_string());
+                    }
+                }
+                let method = opt_str(&src, tt, &p, "method")?;
+                if let Some(m) = &method {
+                    if distill::find(m).is_none() {
+                        return Err(input(src.error(&[p.clone(), vec![key("method")]].concat(), unknown("method", m, &distill::names()))));
+                    }
+                }
+                if checkpoint.is_some() && (!ups.is_empty() || method.is_some()) {
+                    return Err(input(src.error(&p, "a checkpoint teacher is not trained: drop `teacher`/`teachers`/`method`, or drop `checkpoint`")));
+                }
+                teachers.insert(tname.clone(), TeacherDecl { model, seed, train: overrides, checkpoint, teachers: ups, method, path: p });
+            }
+        }
+
+        for (tname, d) in &teachers {
+            for u in &d.teachers {
+                if !teachers.contains_key(u) && models::find(u).is_none() {
+                    let mut allowed: Vec<&str> = teachers.keys().map(String::as_str).collect();
+                    allowed.extend(models::names());
+                    return Err(input(src.error(&[d.path.clone(), vec![key("teacher")]].concat(), unknown(&format!("teacher of `{tname}`"), u, &allowed))));
+                }
             }
         }
 
@@ -369,7 +417,8 @@ impl Suite {
             }
             let (teacher_runs, student) = self.resolve(&point, data, info)?;
             for t in teacher_runs {
-                add_run(&mut index, &mut teachers, &mut students, PlannedRun { spec: t, deps: vec![] });
+                let deps = t.teachers.iter().filter_map(|r| if let TeacherRef::Run { id, .. } = r { Some(id.clone()) } else { None }).collect();
+                add_run(&mut index, &mut teachers, &mut students, PlannedRun { spec: t, deps });
             }
             add_run(&mut index, &mut teachers, &mut students, student);
         }
@@ -456,7 +505,7 @@ impl Suite {
         let anchor = get("method").unwrap_or(student);
         match minfo.teachers {
             distill::Teachers::None => names.clear(),
-            distill::Teachers::One if names.len() != 1 => {
+            distill::Teachers::One if names.len() != 1 && get("chain").is_none() => {
                 return Err(err(
                     anchor,
                     format!("method `{method}` needs exactly one teacher; set `teacher` in the grid (a [teachers.<name>] entry or a model name)"),
@@ -467,58 +516,45 @@ impl Suite {
             }
             _ => {}
         }
+        if let Some(cs) = get("chain") {
+            if !names.is_empty() {
+                return Err(err(cs, "set either `chain` or `teacher`/`teachers`, not both".into()));
+            }
+        }
         let mut teacher_runs = Vec::new();
         let mut teachers = Vec::new();
         let mut deps = Vec::new();
-        for (tname, ts) in names {
-            let (tmodel, mut tseed, overrides, checkpoint) = match self.teachers.get(&tname) {
-                Some(d) => (d.model.clone(), d.seed, d.train.clone(), d.checkpoint.clone()),
-                None if models::find(&tname).is_some() => (tname.clone(), 0, vec![], None),
-                None => {
-                    let mut allowed: Vec<&str> = self.teachers.keys().map(String::as_str).collect();
-                    allowed.extend(models::names());
-                    return Err(err(ts, unknown("teacher", &tname, &allowed)));
+        let mut add = |runs: Vec<RunSpec>, tref: TeacherRef, deps: &mut Vec<String>| {
+            if let TeacherRef::Run { id, .. } = &tref {
+                deps.push(id.clone());
+            }
+            teacher_runs.extend(runs);
+            teachers.push(tref);
+        };
+        match get("chain") {
+            Some(cs) if minfo.teachers == distill::Teachers::Many => {
+                return Err(err(cs, format!("method `{method}` distils from several teachers; a `chain` ends in one")));
+            }
+            Some(cs) if minfo.teachers != distill::Teachers::None => {
+                // TAKD: chain = [top teacher, assistant, ...]; each link after the first is trained
+                // with this run's method and parameters from the link before it.
+                let arr = cs.value.as_array().ok_or_else(|| err(cs, format!("expected an array of teacher/model names, found {}", type_name(&cs.value))))?;
+                let links: Vec<String> = arr
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string).ok_or_else(|| err(cs, "expected teacher/model names (strings)".into())))
+                    .collect::<anyhow::Result<_>>()?;
+                if links.is_empty() {
+                    return Err(err(cs, "expected at least one link".into()));
                 }
-            };
-            check_model_for(&self.src, &ts.path, &tmodel, info)?;
-            if let Some(ck) = checkpoint {
-                let decl_path = self.teachers.get(&tname).map(|d| d.path.clone()).unwrap_or_default();
-                let bytes = std::fs::read(&ck).map_err(|e| {
-                    input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("cannot read checkpoint {}: {e}", ck.display())))
-                })?;
-                teachers.push(TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: blake3::hash(&bytes).to_hex().to_string() });
-                continue;
+                let (runs, tref) = self.chain_run(&links, cs, point, data, info, (&method, &params), exclusive)?;
+                add(runs, tref, &mut deps);
             }
-            let mut ttrain = self.train.clone();
-            for (k, v, p) in &overrides {
-                ttrain.set(k, v).map_err(|m| input(self.src.error(p, m)))?;
-            }
-            for s in point {
-                if let Some(r) = s.key.strip_prefix("teacher.train.") {
-                    ttrain.set(r, &s.value).map_err(|m| err(s, m))?;
-                } else if s.key == "teacher.seed" {
-                    tseed = seed_of(&s.value).map_err(|m| err(s, m))?;
+            _ => {
+                for (tname, ts) in names {
+                    let (runs, tref) = self.teacher_run(&tname, ts, point, data, info, None, true, exclusive, 0)?;
+                    add(runs, tref, &mut deps);
                 }
             }
-            ttrain.check().map_err(|m| err(ts, m))?;
-            let mut t = RunSpec {
-                id: String::new(),
-                suite: self.name.clone(),
-                role: Role::Teacher,
-                dataset: data.clone(),
-                model: tmodel.clone(),
-                method: "ce".into(),
-                params: BTreeMap::new(),
-                train: ttrain,
-                seed: tseed,
-                teachers: vec![],
-                save_model: true,
-                exclusive,
-            };
-            t.id = t.compute_id();
-            deps.push(t.id.clone());
-            teachers.push(TeacherRef::Run { id: t.id.clone(), model: tmodel });
-            teacher_runs.push(t);
         }
 
         let mut spec = RunSpec {
@@ -537,6 +573,136 @@ impl Suite {
         };
         spec.id = spec.compute_id();
         Ok((teacher_runs, PlannedRun { spec, deps }))
+    }
+}
+
+impl Suite {
+    /// Resolves one teacher by name (a `[teachers.*]` entry or a model name) into the runs it
+    /// needs (its own teachers first, recursively) and the reference a student stores.
+    /// `upstream`: a precomputed (runs, reference, method, params) this teacher distils from
+    /// (chains); `direct`: grid keys `teacher.train.*`/`teacher.seed` apply only to direct teachers.
+    #[allow(clippy::too_many_arguments)]
+    fn teacher_run(
+        &self,
+        name: &str,
+        at: &Setting,
+        point: &[Setting],
+        data: &DataRef,
+        info: &data::DatasetInfo,
+        upstream: Option<(Vec<RunSpec>, TeacherRef, String, BTreeMap<String, ParamValue>)>,
+        direct: bool,
+        exclusive: bool,
+        depth: usize,
+    ) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
+        let err = |m: String| input(self.src.error(&at.path, m));
+        if depth > MAX_CHAIN {
+            return Err(err(format!("teacher `{name}` is part of a cycle of teachers distilling from each other")));
+        }
+        let decl = self.teachers.get(name);
+        let tmodel = match decl {
+            Some(d) => d.model.clone(),
+            None if models::find(name).is_some() => name.to_string(),
+            None => {
+                let mut allowed: Vec<&str> = self.teachers.keys().map(String::as_str).collect();
+                allowed.extend(models::names());
+                return Err(err(unknown("teacher", name, &allowed)));
+            }
+        };
+        check_model_for(&self.src, &at.path, &tmodel, info)?;
+        if let Some(ck) = decl.and_then(|d| d.checkpoint.clone()) {
+            let decl_path = decl.map(|d| d.path.clone()).unwrap_or_default();
+            let bytes = std::fs::read(&ck)
+                .map_err(|e| input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("cannot read checkpoint {}: {e}", ck.display()))))?;
+            return Ok((vec![], TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: blake3::hash(&bytes).to_hex().to_string() }));
+        }
+        let mut runs = Vec::new();
+        let mut refs = Vec::new();
+        let (method, params) = match upstream {
+            Some((r, t, m, p)) => {
+                runs.extend(r);
+                refs.push(t);
+                (m, p)
+            }
+            None => {
+                let ups = decl.map(|d| d.teachers.clone()).unwrap_or_default();
+                let m = decl.and_then(|d| d.method.clone()).unwrap_or_else(|| if ups.is_empty() { "ce".into() } else { "kd".into() });
+                let minfo = distill::find(&m).ok_or_else(|| err(unknown("method", &m, &distill::names())))?;
+                let ok = match minfo.teachers {
+                    distill::Teachers::None => ups.is_empty(),
+                    distill::Teachers::One => ups.len() == 1,
+                    distill::Teachers::Many => ups.len() >= 2,
+                };
+                if !ok {
+                    return Err(err(format!("teacher `{name}` is trained with `{m}` ({:?} teacher(s)), but names {} teacher(s)", minfo.teachers, ups.len())));
+                }
+                let mut params = minfo.defaults();
+                if let Some(over) = self.methods.get(&m) {
+                    for (k, (v, path)) in over {
+                        params.insert(k.clone(), minfo.check_param(k, v).map_err(|e| input(self.src.error(path, e)))?);
+                    }
+                }
+                for u in &ups {
+                    let (r, t) = self.teacher_run(u, at, point, data, info, None, false, exclusive, depth + 1)?;
+                    runs.extend(r);
+                    refs.push(t);
+                }
+                (m, params)
+            }
+        };
+        let mut seed = decl.map(|d| d.seed).unwrap_or(0);
+        let mut train = self.train.clone();
+        for (k, v, p) in decl.map(|d| d.train.clone()).unwrap_or_default() {
+            train.set(&k, &v).map_err(|m| input(self.src.error(&p, m)))?;
+        }
+        if direct {
+            for s in point {
+                if let Some(r) = s.key.strip_prefix("teacher.train.") {
+                    train.set(r, &s.value).map_err(|m| input(self.src.error(&s.path, m)))?;
+                } else if s.key == "teacher.seed" {
+                    seed = seed_of(&s.value).map_err(|m| input(self.src.error(&s.path, m)))?;
+                }
+            }
+        }
+        train.check().map_err(&err)?;
+        let mut t = RunSpec {
+            id: String::new(),
+            suite: self.name.clone(),
+            role: Role::Teacher,
+            dataset: data.clone(),
+            model: tmodel.clone(),
+            method,
+            params,
+            train,
+            seed,
+            teachers: refs,
+            save_model: true,
+            exclusive,
+        };
+        t.id = t.compute_id();
+        let tref = TeacherRef::Run { id: t.id.clone(), model: tmodel };
+        runs.push(t);
+        Ok((runs, tref))
+    }
+
+    /// A TAKD chain `[top, assistant, ...]`: the first link is resolved as a teacher; every later
+    /// link is trained with (method, params) from the one before.
+    #[allow(clippy::too_many_arguments)]
+    fn chain_run(
+        &self,
+        links: &[String],
+        at: &Setting,
+        point: &[Setting],
+        data: &DataRef,
+        info: &data::DatasetInfo,
+        how: (&str, &BTreeMap<String, ParamValue>),
+        exclusive: bool,
+    ) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
+        let n = links.len();
+        if n == 1 {
+            return self.teacher_run(&links[0], at, point, data, info, None, true, exclusive, 0);
+        }
+        let (runs, up) = self.chain_run(&links[..n - 1], at, point, data, info, how, exclusive)?;
+        self.teacher_run(&links[n - 1], at, point, data, info, Some((runs, up, how.0.to_string(), how.1.clone())), false, exclusive, n)
     }
 }
 
@@ -630,7 +796,7 @@ fn flatten<'a>(t: impl IntoIterator<Item = (&'a String, &'a toml::Value)>, prefi
 
 fn check_grid_key(src: &Source, path: &[Seg], k: &str) -> anyhow::Result<()> {
     let ok = match k {
-        "teacher" | "teachers" | "student" | "method" | "seed" | "save_model" | "exclusive" | "teacher.seed" => Ok(()),
+        "teacher" | "teachers" | "chain" | "student" | "method" | "seed" | "save_model" | "exclusive" | "teacher.seed" => Ok(()),
         _ => {
             if let Some(r) = k.strip_prefix("teacher.train.").or_else(|| k.strip_prefix("train.")) {
                 if spec::RECIPE_KEYS.contains(&r) { Ok(()) } else { Err(unknown("recipe key", r, spec::RECIPE_KEYS)) }
@@ -663,9 +829,9 @@ fn check_grid_value(src: &Source, path: &[Seg], k: &str, v: &toml::Value, teache
             }
             Ok(())
         }
-        "teacher" | "teachers" => {
+        "teacher" | "teachers" | "chain" => {
             let list: Vec<&toml::Value> = match v.as_array() {
-                Some(a) if k == "teachers" => a.iter().collect(),
+                Some(a) if k != "teacher" => a.iter().collect(),
                 _ => vec![v],
             };
             for item in list {
