@@ -3,6 +3,7 @@
 //! Adding a method: write `foo.rs` with a `pub static INFO: MethodInfo` and its distiller,
 //! then add one line to [`REGISTRY`].
 
+pub mod at;
 pub mod bake;
 pub mod bdkd;
 pub mod camkd;
@@ -10,11 +11,15 @@ pub mod ce;
 pub mod dist;
 pub mod dkd;
 pub mod eval;
+pub mod fitnet;
 pub mod kd;
 pub mod ls;
 pub mod metrics;
 pub mod mixkd;
 pub mod nkd;
+pub mod pkt;
+pub mod rkd;
+pub mod sp;
 pub mod tf_nkd;
 pub mod zipf_ls;
 
@@ -126,6 +131,30 @@ pub trait Distiller: Send {
     fn dense_votes(&self) -> Option<i64> {
         None
     }
+
+    /// Builds the method's own trainable modules (FitNet's regressor) under `vs`, from one
+    /// probe forward of the student and teachers. They join the optimiser and the checkpoint.
+    fn init_modules(&mut self, _vs: &tch::nn::Path, _student: &Output, _teachers: &[Output]) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Parameters every feature method shares: its CE weight γ and an optional KD term (α, T),
+/// as RepDistiller combines them (`L = γ·CE + α·KD + β·L_method`; α = 0 by default).
+pub const FEAT_CE: ParamDef = fparam("ce_weight", 1.0, 0.0, 1e6, "weight γ of CE");
+/// See [`FEAT_CE`].
+pub const FEAT_KD: ParamDef = fparam("kd_weight", 0.0, 0.0, 1e6, "weight α of an added KD term (0 = none; e.g. 1 for CRD+KD-style combinations)");
+/// See [`FEAT_CE`].
+pub const FEAT_TAU: ParamDef = fparam("tau", 4.0, 1e-3, 1e3, "temperature of the added KD term");
+
+/// The CE and (when α > 0) KD terms of a feature method.
+pub fn feature_logit_terms(step: &Step<'_>, p: &Params) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+    let mut terms = vec![("ce", step.ce() * float(p, "ce_weight")?)];
+    let kd_w = float(p, "kd_weight")?;
+    if kd_w > 0.0 {
+        terms.push(("kd", kd::kd_term(&step.student.logits, &step.teacher()?.logits, float(p, "tau")?) * kd_w));
+    }
+    Ok(terms)
 }
 
 /// How many teachers a method distils from.
@@ -193,6 +222,11 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &bake::INFO,
     &mixkd::INFO,
     &camkd::INFO,
+    &fitnet::INFO,
+    &at::INFO,
+    &sp::INFO,
+    &rkd::INFO,
+    &pkt::INFO,
 ];
 
 /// Looks a method up by suite name.

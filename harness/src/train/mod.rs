@@ -184,7 +184,7 @@ pub fn clear_resume(run: &RunDir) {
     }
 }
 
-fn load_resume(run: &RunDir, spec: &RunSpec, vs: &mut nn::VarStore, opt: &mut sgd::Sgd) -> anyhow::Result<Option<ResumeState>> {
+fn load_resume(run: &RunDir, spec: &RunSpec, vs: &mut nn::VarStore, aux: &nn::VarStore, opt: &mut sgd::Sgd) -> anyhow::Result<Option<ResumeState>> {
     let p = resume_json(run);
     if !p.is_file() {
         return Ok(None);
@@ -197,9 +197,11 @@ fn load_resume(run: &RunDir, spec: &RunSpec, vs: &mut nn::VarStore, opt: &mut sg
     let tensors: std::collections::BTreeMap<String, Tensor> =
         Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?.into_iter().collect();
     tch::no_grad(|| -> anyhow::Result<()> {
-        for (name, mut v) in vs.variables() {
-            let t = tensors.get(&format!("model.{name}")).with_context(|| format!("{}: no model.{name}", file.display()))?;
-            v.f_copy_(&t.to_device(v.device()))?;
+        for (prefix, store) in [("model.", &*vs), ("aux.", aux)] {
+            for (name, mut v) in store.variables() {
+                let t = tensors.get(&format!("{prefix}{name}")).with_context(|| format!("{}: no {prefix}{name}", file.display()))?;
+                v.f_copy_(&t.to_device(v.device()))?;
+            }
         }
         Ok(())
     })?;
@@ -207,8 +209,9 @@ fn load_resume(run: &RunDir, spec: &RunSpec, vs: &mut nn::VarStore, opt: &mut sg
     Ok(Some(st))
 }
 
-fn save_resume(run: &RunDir, vs: &nn::VarStore, opt: &sgd::Sgd, st: &ResumeState) -> anyhow::Result<()> {
+fn save_resume(run: &RunDir, vs: &nn::VarStore, aux: &nn::VarStore, opt: &sgd::Sgd, st: &ResumeState) -> anyhow::Result<()> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    named.extend(aux.variables().into_iter().map(|(n, t)| (format!("aux.{n}"), t)));
     named.extend(opt.state());
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let tmp = run.path.join(format!(".{}.tmp.safetensors", st.file));
@@ -265,7 +268,16 @@ pub fn train(
     let mut net = build(&spec.model, data, device)?;
     let param_count = models::param_count(&net.vs);
     let r = &spec.train;
-    let mut opt = sgd::Sgd::new(&net.vs, r.lr, r.momentum, r.weight_decay, r.nesterov);
+    // The method's own trainable modules (e.g. FitNet's regressor) live in a second store, built
+    // from one probe forward, so the model's checkpoint keeps exactly the PyTorch state-dict names.
+    let aux = nn::VarStore::new(device);
+    {
+        let n = r.batch_size.min(2) as i64;
+        let probe = data.normalize(&data.train_x.narrow(0, 0, n));
+        let (s, t) = tch::no_grad(|| (net.model.forward(&probe, false), teachers.iter().map(|t| t.net.model.forward(&probe, false)).collect::<Vec<_>>()));
+        distiller.init_modules(&aux.root(), &s, &t)?;
+    }
+    let mut opt = sgd::Sgd::over(&[("", &net.vs), ("aux.", &aux)], r.lr, r.momentum, r.weight_decay, r.nesterov);
 
     // The teachers' test predictions are fixed: compute them once for agreement / predictive KL
     // (several teachers: their ensemble, the log of the averaged probabilities).
@@ -294,7 +306,7 @@ pub fn train(
     let mut images = 0i64;
     let mut elapsed_before = 0.0f64;
     let mut first_epoch = 1u32;
-    match load_resume(run, spec, &mut net.vs, &mut opt) {
+    match load_resume(run, spec, &mut net.vs, &aux, &mut opt) {
         Ok(Some(st)) => {
             writeln!(log, "resuming run {} after epoch {}", spec.id, st.epoch)?;
             first_epoch = st.epoch + 1;
@@ -317,7 +329,7 @@ pub fn train(
             clear_resume(run);
             tch::manual_seed(epoch_seed(spec.seed, 0));
             net = build(&spec.model, data, device)?;
-            opt = sgd::Sgd::new(&net.vs, r.lr, r.momentum, r.weight_decay, r.nesterov);
+            opt = sgd::Sgd::over(&[("", &net.vs), ("aux.", &aux)], r.lr, r.momentum, r.weight_decay, r.nesterov);
         }
     }
     writeln!(log, "run {} — {} params, device {:?}, teacher top-1 {:?}, epochs {}..={}", spec.id, param_count, device, teacher_top1, first_epoch, r.epochs)?;
@@ -445,7 +457,7 @@ pub fn train(
                 images,
                 elapsed: elapsed_before + start.elapsed().as_secs_f64(),
             };
-            save_resume(run, &net.vs, &opt, &st)?;
+            save_resume(run, &net.vs, &aux, &opt, &st)?;
         }
         writeln!(
             log,

@@ -19,7 +19,16 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(vs: &nn::VarStore, lr: f64, momentum: f64, wd: f64, nesterov: bool) -> Sgd {
-        let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        Sgd::over(&[("", vs)], lr, momentum, wd, nesterov)
+    }
+
+    /// One optimiser over several stores (the model and a method's own modules), their variable
+    /// names prefixed to stay unique.
+    pub fn over(stores: &[(&str, &nn::VarStore)], lr: f64, momentum: f64, wd: f64, nesterov: bool) -> Sgd {
+        let vars: BTreeMap<String, Tensor> = stores
+            .iter()
+            .flat_map(|(prefix, vs)| vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(move |(n, t)| (format!("{prefix}{n}"), t)))
+            .collect();
         let params: Vec<(String, Tensor)> = vars.into_iter().collect();
         let bufs = params.iter().map(|_| None).collect();
         Sgd { params, bufs, lr, momentum, wd, nesterov }
