@@ -135,8 +135,16 @@ fn fitnet_regressor_follows_the_map_sizes() {
         let y = Tensor::zeros([2], (Kind::Int64, Device::Cpu));
         let (s, t) = (out(5, sh), out(7, th));
         let teachers = [t];
-        let step =
-            harness::distill::Step { student: &s, teachers: &teachers, labels: &y, soft_targets: None, dense_argmax: None, label_smoothing: 0.0, epoch: 1 };
+        let step = harness::distill::Step {
+            student: &s,
+            teachers: &teachers,
+            labels: &y,
+            soft_targets: None,
+            dense_argmax: None,
+            indices: None,
+            label_smoothing: 0.0,
+            epoch: 1,
+        };
         let terms = d.losses(&step).unwrap();
         assert!(terms.iter().any(|(n, _)| *n == "hint"), "{sh}->{th}");
         assert!(vs.variables().keys().any(|k| k.starts_with("regressor.conv")), "{sh}->{th}: {:?}", vs.variables().keys());
@@ -194,4 +202,61 @@ pair = [
     .map(|(k, _)| k)
     .collect();
     assert!(model_keys.iter().all(|k| !k.starts_with("regressor")), "{model_keys:?}");
+}
+
+#[test]
+fn crd_step_matches_the_reference_algorithm() {
+    use harness::distill::crd;
+    let (n, d, b) = (10, 4, 4);
+    let stdv = 1.0 / (d as f64 / 3.0).sqrt();
+    let mem = |a: f64, c: f64| (det(&[n, d], a, c, 1.0) + 1.0) / 2.0 * (2.0 * stdv) - stdv;
+    let (mut mem_s, mut mem_t) = (mem(0.71, 0.1), mem(0.73, 0.6));
+    let embed = |x: &Tensor, w: &Tensor, bias: &Tensor| {
+        let y = x.matmul(&w.tr()) + bias;
+        &y / y.norm_scalaropt_dim(2, [1i64].as_slice(), true)
+    };
+    let v_s = embed(&det(&[b, 5], 0.53, 0.3, 1.0), &det(&[d, 5], 0.31, 0.2, 0.5), &det(&[d], 0.2, 0.0, 0.1));
+    let v_t = embed(&det(&[b, 7], 0.47, 1.1, 1.0), &det(&[d, 7], 0.33, 0.9, 0.5), &det(&[d], 0.3, 0.5, 0.1));
+    let idx = Tensor::from_slice(&[0i64, 3, 5, 8]);
+    let neg = Tensor::from_slice(&[1i64, 2, 4, 0, 6, 9, 2, 7, 3, 1, 4, 6]).view([4, 3]);
+    let contrast = Tensor::cat(&[idx.unsqueeze(1), neg], 1);
+    let mut z = Tensor::zeros([2], (Kind::Double, Device::Cpu));
+    let l1 = crd::crd_step(&v_s, &v_t, &mut mem_s, &mut mem_t, &mut z, &idx, &contrast, 0.07, 0.5);
+    close(l1.double_value(&[]), 16.279934457177507);
+    close(z.double_value(&[0]) / 1e6, 1662862.5787276428 / 1e6);
+    close(z.double_value(&[1]), 24.116029795541895);
+    let row0: Vec<f64> = Vec::try_from(mem_s.get(0)).unwrap();
+    for (g, w) in row0.iter().zip([0.48424291671160136, 0.8176321026897223, 0.2572137886940675, 0.1755779290556427]) {
+        close(*g, w);
+    }
+    // Z stays fixed after the first batch; the banks moved, so the loss changes.
+    let l2 = crd::crd_step(&v_s, &v_t, &mut mem_s, &mut mem_t, &mut z, &idx, &contrast, 0.07, 0.5);
+    close(l2.double_value(&[]), 10.502585170589693);
+    close(z.double_value(&[1]), 24.116029795541895);
+}
+
+#[test]
+fn crd_trains_with_memory_banks_that_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[suite]\nname = \"f\"\ndataset = \"digits\"\n[train]\nepochs = 2\nbatch_size = 64\nmilestones = []\n[methods.crd]\nnce_k = 256\n[grid]\npair = [{ teacher = \"cnn_small\", student = \"cnn_tiny\", method = \"crd\" }]\n";
+    std::fs::write(dir.path().join("f.toml"), body).unwrap();
+    let plan = text(&harness(&["plan", "f.toml"], dir.path()));
+    let id = plan.lines().find(|l| l.contains(" crd ")).unwrap().split_whitespace().next().unwrap().to_string();
+    let o = harness(&["run", "f.toml", "--results", "a", "--devices", "cpu", "--threads", "1"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = harness_cmd(&["run", "f.toml", "--results", "b", "--devices", "cpu", "--threads", "1"], dir.path())
+        .env("KD_HARNESS_FAULT", format!("panic:{id}:1"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let state = dir.path().join("b/f/runs").join(&id).join("resume-e1.safetensors");
+    let keys: Vec<String> = Tensor::read_safetensors(&state).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.iter().any(|k| k == "aux.memory_s") && keys.iter().any(|k| k == "aux.z"), "{keys:?}");
+    let o = harness(&["run", "f.toml", "--results", "b", "--devices", "cpu", "--threads", "1"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) = (dir.path().join("a/f/runs").join(&id), dir.path().join("b/f/runs").join(&id));
+    assert_eq!(metrics_without_timing(&a.join("metrics.csv")), metrics_without_timing(&b.join("metrics.csv")));
+    let rows = metrics_without_timing(&a.join("metrics.csv"));
+    let i = rows[0].iter().position(|h| h == "train_crd").unwrap();
+    assert!(rows[1][i].parse::<f64>().unwrap().is_finite());
 }

@@ -190,7 +190,7 @@ impl Dataset {
     /// One epoch of shuffled (and optionally augmented) training batches, produced lazily.
     /// The last partial batch is kept (PyTorch's DataLoader without drop_last). Draws from the
     /// global RNG, which the training loop seeds per run and epoch.
-    pub fn train_batches(&self, batch_size: i64, augment: bool) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+    pub fn train_batches(&self, batch_size: i64, augment: bool) -> impl Iterator<Item = (Tensor, Tensor, Tensor)> + '_ {
         let n = self.train_len();
         let perm = Tensor::randperm(n, (Kind::Int64, self.train_y.device()));
         let nb = (n + batch_size - 1) / batch_size;
@@ -203,7 +203,7 @@ impl Dataset {
     /// Training batches built as BAKE's sampler does: `batch/(m+1)` shuffled anchors per batch,
     /// each followed by `m` images of its class (without replacement where the class allows).
     /// An epoch holds about as many images as the training set. Draws from the global RNG.
-    pub fn train_batches_grouped(&self, batch_size: i64, m: usize, augment: bool) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+    pub fn train_batches_grouped(&self, batch_size: i64, m: usize, augment: bool) -> impl Iterator<Item = (Tensor, Tensor, Tensor)> + '_ {
         use rand::{Rng, SeedableRng};
         let n = self.train_len();
         let labels: Vec<i64> = Vec::try_from(&self.train_y.to_device(tch::Device::Cpu)).unwrap_or_default();
@@ -241,13 +241,13 @@ impl Dataset {
         })
     }
 
-    /// Training images and labels at `idx`, augmented if asked, normalised.
-    fn gather(&self, idx: &Tensor, augment: bool) -> (Tensor, Tensor) {
+    /// Training images, labels and dataset indices at `idx`, augmented if asked, normalised.
+    fn gather(&self, idx: &Tensor, augment: bool) -> (Tensor, Tensor, Tensor) {
         let mut x = self.train_x.index_select(0, idx);
         if augment {
             x = crop_flip(&x, self.info.pad, self.info.flip);
         }
-        (self.normalize(&x), self.train_y.index_select(0, idx))
+        (self.normalize(&x), self.train_y.index_select(0, idx), idx.shallow_clone())
     }
 
     /// Test batches in dataset order, normalised, no augmentation.

@@ -76,8 +76,16 @@ pub fn loss_eval(method: &str, arrays: &BTreeMap<String, Tensor>, params: &[Stri
     // Mixed targets go only to methods that mix their own batches (their loss is defined on them).
     let soft = if distiller.mixup().is_some() { get("soft_targets").map(f64_) } else { None };
     let dense = get("dense_argmax").map(|t| t.to_kind(Kind::Int64));
-    let step =
-        Step { student: &s_out, teachers: &teachers, labels: &labels, soft_targets: soft.as_ref(), dense_argmax: dense.as_ref(), label_smoothing: 0.0, epoch };
+    let step = Step {
+        student: &s_out,
+        teachers: &teachers,
+        labels: &labels,
+        soft_targets: soft.as_ref(),
+        dense_argmax: dense.as_ref(),
+        indices: None,
+        label_smoothing: 0.0,
+        epoch,
+    };
     let terms = distiller.losses(&step)?;
     let mut map = serde_json::Map::new();
     let mut total = 0.0;

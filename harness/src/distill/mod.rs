@@ -8,6 +8,7 @@ pub mod bake;
 pub mod bdkd;
 pub mod camkd;
 pub mod ce;
+pub mod crd;
 pub mod dist;
 pub mod dkd;
 pub mod eval;
@@ -41,6 +42,8 @@ pub struct Step<'a> {
     pub soft_targets: Option<&'a Tensor>,
     /// Per-location argmax votes of the student's classifier (N×L), for methods that ask.
     pub dense_argmax: Option<&'a Tensor>,
+    /// Training-set indices of the batch's samples (CRD's memory), when known.
+    pub indices: Option<&'a Tensor>,
     /// The recipe's label smoothing ε for the cross-entropy term (0 = plain CE).
     pub label_smoothing: f64,
     /// 1-based epoch (warm-ups depend on it).
@@ -132,6 +135,10 @@ pub trait Distiller: Send {
         None
     }
 
+    /// Labels of the whole training split, before [`Distiller::init_modules`] (CRD samples its
+    /// negatives from other classes and sizes its memory from them).
+    fn set_train_labels(&mut self, _labels: &Tensor) {}
+
     /// Builds the method's own trainable modules (FitNet's regressor) under `vs`, from one
     /// probe forward of the student and teachers. They join the optimiser and the checkpoint.
     fn init_modules(&mut self, _vs: &tch::nn::Path, _student: &Output, _teachers: &[Output]) -> anyhow::Result<()> {
@@ -222,6 +229,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &bake::INFO,
     &mixkd::INFO,
     &camkd::INFO,
+    &crd::INFO,
     &fitnet::INFO,
     &at::INFO,
     &sp::INFO,

@@ -275,6 +275,7 @@ pub fn train(
         let n = r.batch_size.min(2) as i64;
         let probe = data.normalize(&data.train_x.narrow(0, 0, n));
         let (s, t) = tch::no_grad(|| (net.model.forward(&probe, false), teachers.iter().map(|t| t.net.model.forward(&probe, false)).collect::<Vec<_>>()));
+        distiller.set_train_labels(&data.train_y);
         distiller.init_modules(&aux.root(), &s, &t)?;
     }
     let mut opt = sgd::Sgd::over(&[("", &net.vs), ("aux.", &aux)], r.lr, r.momentum, r.weight_decay, r.nesterov);
@@ -344,12 +345,12 @@ pub fn train(
         let mut total_sum = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut seen = 0i64;
-        let batches: Box<dyn Iterator<Item = (Tensor, Tensor)>> = if group > 0 {
+        let batches: Box<dyn Iterator<Item = (Tensor, Tensor, Tensor)>> = if group > 0 {
             Box::new(data.train_batches_grouped(r.batch_size as i64, group, r.augment))
         } else {
             Box::new(data.train_batches(r.batch_size as i64, r.augment))
         };
-        for (x, y) in batches {
+        for (x, y, idx) in batches {
             let bs = y.size()[0];
             let (x, y, soft) = match &mixup {
                 Some(m) => {
@@ -370,6 +371,7 @@ pub fn train(
                 labels: &y,
                 soft_targets: soft.as_ref(),
                 dense_argmax: votes.as_ref(),
+                indices: Some(&idx),
                 label_smoothing: r.label_smoothing,
                 epoch,
             };
