@@ -112,7 +112,16 @@ fn run_method(method: &str, params: &[(&str, f64)], arrays: &BTreeMap<String, Te
     let tos: Vec<Output> = tz.iter().map(|t| out(t, None)).collect();
     let soft = if d.mixup().is_some() { arrays.get("soft_targets").map(|t| t.to_kind(kind)) } else { None };
     let dense = arrays.get("dense_argmax").map(|t| t.to_kind(Kind::Int64));
-    let step = Step { student: &so, teachers: &tos, labels: &y, soft_targets: soft.as_ref(), dense_argmax: dense.as_ref(), label_smoothing: 0.0, epoch };
+    let step = Step {
+        student: &so,
+        teachers: &tos,
+        labels: &y,
+        soft_targets: soft.as_ref(),
+        dense_argmax: dense.as_ref(),
+        indices: None,
+        label_smoothing: 0.0,
+        epoch,
+    };
     let terms = d.losses(&step).unwrap();
     let total = terms.iter().map(|(_, t)| t.shallow_clone()).reduce(|a, b| a + b).unwrap();
     total.backward();
