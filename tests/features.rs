@@ -138,6 +138,7 @@ fn fitnet_regressor_follows_the_map_sizes() {
         let step = harness::distill::Step {
             student: &s,
             teachers: &teachers,
+            peers: &[],
             labels: &y,
             soft_targets: None,
             dense_argmax: None,
@@ -259,4 +260,83 @@ fn crd_trains_with_memory_banks_that_resume() {
     let rows = metrics_without_timing(&a.join("metrics.csv"));
     let i = rows[0].iter().position(|h| h == "train_crd").unwrap();
     assert!(rows[1][i].parse::<f64>().unwrap().is_finite());
+}
+
+#[test]
+fn dml_and_switokd_match_the_spec() {
+    use harness::distill::{dml, switokd};
+    let (b, c) = (4, 5);
+    let z_s = det(&[b, c], 0.61, 0.2, 2.0);
+    let z_t = det(&[b, c], 0.59, 1.3, 3.0);
+    let y = Tensor::from_slice(&[0i64, 2, 4, 1]);
+    let two = dml::dml_losses(&[z_s.shallow_clone(), z_t.shallow_clone()], &y);
+    close(two[0].double_value(&[]), 3.031600931946537);
+    close(two[1].double_value(&[]), 4.0088346345482115);
+    let three = dml::dml_losses(&[z_s.shallow_clone(), z_t.shallow_clone(), det(&[b, c], 0.67, 0.4, 1.5)], &y);
+    for (g, w) in three.iter().zip([2.818444104946315, 3.608439206949627, 2.9227578207985054]) {
+        close(g.double_value(&[]), w);
+    }
+    let d = switokd::decide(&z_t, &z_s, &y);
+    close(d.d_s, 1.7529370374420814);
+    close(d.d_t, 1.7464025221211166);
+    close(d.gap, 1.124787967213933);
+    close(d.epsilon, 0.6070972287265752);
+    close(d.delta, 0.6927009060212501);
+    assert!(d.expert);
+    let confident = Tensor::zeros([b, c], (Kind::Double, Device::Cpu)).index_put(
+        &[Some(Tensor::arange(b, (Kind::Int64, Device::Cpu))), Some(y.shallow_clone())],
+        &Tensor::from(6.0f64),
+        false,
+    );
+    let d2 = switokd::decide(&confident, &det(&[b, c], 0.61, 0.2, 0.5), &y);
+    close(d2.gap, 1.6159634947544594);
+    close(d2.delta, 1.6161950441861404);
+    assert!(!d2.expert);
+}
+
+#[test]
+fn online_methods_train_every_network_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+[suite]
+name = "o"
+dataset = "digits"
+[train]
+epochs = 3
+batch_size = 128
+milestones = []
+[grid]
+pair = [
+  { student = "cnn_tiny", method = "dml", peers = ["cnn_tiny", "mlp"] },
+  { student = "cnn_tiny", method = "switokd", peers = ["cnn_small"], "switokd.peer_lr" = 2.0 },
+  { student = "cnn_tiny", method = "bdkd_online", peers = ["cnn_small"] },
+]
+"#;
+    std::fs::write(dir.path().join("o.toml"), body).unwrap();
+    let o = harness(&["run", "o.toml", "--results", "a", "--devices", "cpu", "--threads", "1"], dir.path());
+    assert!(o.status.success() && text(&o).contains("3 finished now"), "{}", text(&o));
+    let plan = text(&harness(&["plan", "o.toml"], dir.path()));
+    let sw = plan.lines().find(|l| l.contains(" switokd ")).unwrap().split_whitespace().next().unwrap().to_string();
+    let dml = plan.lines().find(|l| l.contains(" dml ")).unwrap().split_whitespace().next().unwrap().to_string();
+    let rd = dir.path().join("a/o/runs");
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rd.join(&dml).join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["peers_last_top1"].as_array().unwrap().len(), 2, "{s}");
+    let rows = metrics_without_timing(&rd.join(&sw).join("metrics.csv"));
+    for col in ["peer0_top1", "expert_frac", "d_s", "d_t", "gap", "delta", "train_teacher_ce"] {
+        assert!(rows[0].iter().any(|h| h == col), "missing {col}: {:?}", rows[0]);
+    }
+    // Peers (and their momentum) are part of the resume state.
+    let o = harness_cmd(&["run", "o.toml", "--results", "b", "--devices", "cpu", "--threads", "1", "--only", &format!("id={sw}")], dir.path())
+        .env("KD_HARNESS_FAULT", format!("panic:{sw}:2"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = harness(&["run", "o.toml", "--results", "b", "--devices", "cpu", "--threads", "1", "--only", &format!("id={sw}")], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(metrics_without_timing(&rd.join(&sw).join("metrics.csv")), metrics_without_timing(&dir.path().join("b/o/runs").join(&sw).join("metrics.csv")));
+    // Suite validation: online methods need peers, others refuse them.
+    let bad = "[suite]\nname='o'\ndataset='digits'\n[grid]\nstudent=['mlp']\nmethod=['dml']\n";
+    std::fs::write(dir.path().join("bad.toml"), bad).unwrap();
+    let o = harness(&["plan", "bad.toml"], dir.path());
+    assert!(o.status.code() == Some(2) && text(&o).contains("set `peers"), "{}", text(&o));
 }

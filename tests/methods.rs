@@ -106,6 +106,7 @@ fn run_method(method: &str, params: &[(&str, f64)], arrays: &BTreeMap<String, Te
         distill::Teachers::None => vec![],
         distill::Teachers::One => vec![leaf(&arrays["teacher"])],
         distill::Teachers::Many => (0..arrays["teachers"].size()[0]).map(|k| leaf(&arrays["teachers"].get(k))).collect(),
+        distill::Teachers::Peers => vec![],
     };
     let feats = arrays.get("features").map(|f| f.to_kind(kind));
     let so = out(&zs, feats.as_ref());
@@ -115,6 +116,7 @@ fn run_method(method: &str, params: &[(&str, f64)], arrays: &BTreeMap<String, Te
     let step = Step {
         student: &so,
         teachers: &tos,
+        peers: &[],
         labels: &y,
         soft_targets: soft.as_ref(),
         dense_argmax: dense.as_ref(),

@@ -372,6 +372,7 @@ fn kd_matches_the_spec_worked_example() {
         let step = distill::Step {
             student: &so,
             teachers: &teachers,
+            peers: &[],
             labels: &y,
             soft_targets: None,
             dense_argmax: None,

@@ -29,6 +29,7 @@ fn kd_step(c: &mut Criterion) {
             let step = distill::Step {
                 student: &s,
                 teachers: &teachers,
+                peers: &[],
                 labels: &y,
                 soft_targets: None,
                 dense_argmax: None,

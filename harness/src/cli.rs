@@ -194,6 +194,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                     distill::Teachers::None => "teacher-free",
                     distill::Teachers::One => "one teacher",
                     distill::Teachers::Many => "two or more teachers",
+                    distill::Teachers::Peers => "online peers",
                 };
                 println!("{} — {} [{t}; inputs: {}]", m.name, m.paper, m.inputs);
                 for p in m.params {

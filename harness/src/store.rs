@@ -31,6 +31,11 @@ pub struct Summary {
     pub pred_kl: Option<f64>,
     /// The teacher's own test top-1 (evaluated once for checkpoint teachers, read for run teachers).
     pub teacher_top1: Option<f64>,
+    /// Last- and best-epoch test top-1 of each online peer (DML cohort, SwitOKD teacher).
+    #[serde(default)]
+    pub peers_last_top1: Vec<f64>,
+    #[serde(default)]
+    pub peers_best_top1: Vec<f64>,
     pub param_count: i64,
     pub wall_time_s: f64,
     /// Training images per second (training steps only, evaluation excluded).

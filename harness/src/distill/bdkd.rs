@@ -21,14 +21,44 @@ pub static INFO: MethodInfo = MethodInfo {
     build,
 };
 
+/// The online setting: the teacher (`peers = [model]`) trains alongside with
+/// `CE + T²·KL(p^t ‖ p^s)` (student detached) — also reconstructed, see the module docs.
+pub static ONLINE: MethodInfo = MethodInfo {
+    name: "bdkd_online",
+    paper: "Amara et al. 2022, Balancing the Divergences for Online KD, online setting — RECONSTRUCTED weighting (no official code)",
+    teachers: Teachers::Peers,
+    inputs: "student logits and the online teacher's (peers = [teacher model])",
+    params: &[
+        fparam("ce_weight", 1.0, 0.0, 1e6, "weight of CE"),
+        fparam("tau", 1.0, 1e-3, 1e3, "temperature T (assumed 1, the DML setting)"),
+        fparam("lambda", 2.0, 0.0, 1e6, "weight of the divergence favoured by the entropy gap (assumed 2; 1 = symmetric KL)"),
+        fparam("peer_lr", 1.0, 1e-6, 1e6, "teacher's learning rate relative to train.lr"),
+    ],
+    build: build_online,
+};
+
 fn build(p: &Params) -> anyhow::Result<Box<dyn Distiller>> {
-    Ok(Box::new(Bdkd { ce_weight: float(p, "ce_weight")?, tau: float(p, "tau")?, lambda: float(p, "lambda")? }))
+    Ok(Box::new(Bdkd { ce_weight: float(p, "ce_weight")?, tau: float(p, "tau")?, lambda: float(p, "lambda")?, peer_lr: None }))
+}
+
+fn build_online(p: &Params) -> anyhow::Result<Box<dyn Distiller>> {
+    Ok(Box::new(Bdkd { ce_weight: float(p, "ce_weight")?, tau: float(p, "tau")?, lambda: float(p, "lambda")?, peer_lr: Some(float(p, "peer_lr")?) }))
+}
+
+/// The teacher's online term `T²·mean KL(p^t ‖ p^s)`, student detached.
+pub fn teacher_term(zs: &Tensor, zt: &Tensor, tau: f64) -> Tensor {
+    let k = zt.kind();
+    let log_pt = (zt / tau).log_softmax(1, k);
+    let log_ps = (zs.detach() / tau).log_softmax(1, k);
+    super::kl_batchmean(&log_pt, &log_ps) * (tau * tau)
 }
 
 struct Bdkd {
     ce_weight: f64,
     tau: f64,
     lambda: f64,
+    /// `Some` in the online setting.
+    peer_lr: Option<f64>,
 }
 
 /// The ASSUMED sample-wise weighting (kept in one place so it can be replaced): a less confident
@@ -57,7 +87,21 @@ pub fn student_term(zs: &Tensor, zt: &Tensor, tau: f64, lambda: f64) -> Tensor {
 
 impl Distiller for Bdkd {
     fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+        if self.peer_lr.is_some() {
+            let t = step.peers.first().ok_or_else(|| anyhow::anyhow!("bdkd_online needs its teacher as a peer (peers = [model])"))?;
+            let zs = &step.student.logits;
+            return Ok(vec![
+                ("ce", step.ce() * self.ce_weight),
+                ("bdkd", student_term(zs, &t.logits, self.tau, self.lambda)),
+                ("teacher_ce", super::hard_ce(&t.logits, step.labels) * self.ce_weight),
+                ("teacher_kl", teacher_term(zs, &t.logits, self.tau)),
+            ]);
+        }
         let t = step.teacher()?;
         Ok(vec![("ce", step.ce() * self.ce_weight), ("bdkd", student_term(&step.student.logits, &t.logits, self.tau, self.lambda))])
+    }
+
+    fn peer_lr(&self) -> Option<f64> {
+        self.peer_lr
     }
 }

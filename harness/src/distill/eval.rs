@@ -70,6 +70,19 @@ pub fn loss_eval(method: &str, arrays: &BTreeMap<String, Tensor>, params: &[Stri
             let ts = f64_(need("teachers")?);
             (0..ts.size()[0]).map(|k| output(&ts.get(k), None)).collect()
         }
+        Teachers::Peers => vec![],
+    };
+    // Online methods: the peers are `teachers[1..]` when given (a cohort), else `teacher`.
+    let peers: Vec<Output> = if info.teachers == Teachers::Peers {
+        match get("teachers") {
+            Some(ts) => {
+                let ts = f64_(ts);
+                (1..ts.size()[0]).map(|k| output(&ts.get(k), None)).collect()
+            }
+            None => vec![output(&f64_(need("teacher")?), None)],
+        }
+    } else {
+        vec![]
     };
     let mut distiller = info.instantiate(&resolved)?;
     distiller.init_modules(&tch::nn::VarStore::new(Device::Cpu).root(), &s_out, &teachers)?;
@@ -79,6 +92,7 @@ pub fn loss_eval(method: &str, arrays: &BTreeMap<String, Tensor>, params: &[Stri
     let step = Step {
         student: &s_out,
         teachers: &teachers,
+        peers: &peers,
         labels: &labels,
         soft_targets: soft.as_ref(),
         dense_argmax: dense.as_ref(),

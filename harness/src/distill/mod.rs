@@ -11,6 +11,7 @@ pub mod ce;
 pub mod crd;
 pub mod dist;
 pub mod dkd;
+pub mod dml;
 pub mod eval;
 pub mod fitnet;
 pub mod kd;
@@ -21,6 +22,7 @@ pub mod nkd;
 pub mod pkt;
 pub mod rkd;
 pub mod sp;
+pub mod switokd;
 pub mod tf_nkd;
 pub mod zipf_ls;
 
@@ -36,6 +38,9 @@ pub struct Step<'a> {
     pub student: &'a Output,
     /// Teacher outputs (eval mode, no-grad), in the suite's order; empty for teacher-free methods.
     pub teachers: &'a [Output],
+    /// Online peers trained in the same step (train mode, with gradients): DML's cohort,
+    /// SwitOKD's and online BD-KD's teacher.
+    pub peers: &'a [Output],
     /// Hard labels (under mixup: the argmax of the mixed targets).
     pub labels: &'a Tensor,
     /// Mixed soft targets (N×C) when mixup is on.
@@ -135,6 +140,22 @@ pub trait Distiller: Send {
         None
     }
 
+    /// Learning rate of the online peers relative to the run's lr (`None`: the same).
+    fn peer_lr(&self) -> Option<f64> {
+        None
+    }
+
+    /// Whether the peers are updated by this step (asked after [`Distiller::losses`]; SwitOKD's
+    /// expert mode pauses its teacher).
+    fn step_peers(&self) -> bool {
+        true
+    }
+
+    /// Per-epoch statistics to log (e.g. SwitOKD's mode fractions); read and reset at epoch end.
+    fn epoch_stats(&mut self) -> Vec<(&'static str, f64)> {
+        vec![]
+    }
+
     /// Labels of the whole training split, before [`Distiller::init_modules`] (CRD samples its
     /// negatives from other classes and sizes its memory from them).
     fn set_train_labels(&mut self, _labels: &Tensor) {}
@@ -172,6 +193,8 @@ pub enum Teachers {
     One,
     /// Two or more (multi-teacher).
     Many,
+    /// No pre-trained teacher; one or more online peers (`peers = [..]`) train alongside.
+    Peers,
 }
 
 /// The kind and bounds of a method parameter (checked at suite validation).
@@ -235,6 +258,9 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &sp::INFO,
     &rkd::INFO,
     &pkt::INFO,
+    &dml::INFO,
+    &switokd::INFO,
+    &bdkd::ONLINE,
 ];
 
 /// Looks a method up by suite name.

@@ -17,7 +17,7 @@
 //! pair = [{ teacher = "cnn", student = "cnn_tiny" }]   # array of tables: a zipped axis
 //! method = ["ce", "kd"]                                 # array of values: a crossed axis
 //! ```
-//! Grid keys: `teacher`, `teachers` (multi-teacher), `chain` (TAKD), `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
+//! Grid keys: `teacher`, `teachers` (multi-teacher), `chain` (TAKD), `peers` (online), `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
 //! `teacher.train.<recipe key>`, `teacher.seed`, `<method>.<param>`.
 
 pub mod source;
@@ -143,6 +143,7 @@ const GRID_KEYS: &[&str] = &[
     "teacher",
     "teachers",
     "chain",
+    "peers",
     "student",
     "method",
     "seed",
@@ -504,7 +505,7 @@ impl Suite {
         }
         let anchor = get("method").unwrap_or(student);
         match minfo.teachers {
-            distill::Teachers::None => names.clear(),
+            distill::Teachers::None | distill::Teachers::Peers => names.clear(),
             distill::Teachers::One if names.len() != 1 && get("chain").is_none() => {
                 return Err(err(
                     anchor,
@@ -557,6 +558,22 @@ impl Suite {
             }
         }
 
+        // Online peers: required by online methods, meaningless for the others.
+        let mut peers = Vec::new();
+        if let Some(ps) = get("peers") {
+            if minfo.teachers != distill::Teachers::Peers {
+                return Err(err(ps, format!("method `{method}` trains no online peers; `peers` is for dml, switokd, bdkd_online")));
+            }
+            for v in ps.value.as_array().into_iter().flatten() {
+                let m = v.as_str().unwrap_or_default().to_string();
+                check_model_for(&self.src, &ps.path, &m, info)?;
+                peers.push(m);
+            }
+        }
+        if minfo.teachers == distill::Teachers::Peers && peers.is_empty() {
+            return Err(err(anchor, format!("method `{method}` trains online peers; set `peers = [\"model\", ...]` in the grid")));
+        }
+
         let mut spec = RunSpec {
             id: String::new(),
             suite: self.name.clone(),
@@ -568,6 +585,7 @@ impl Suite {
             train,
             seed,
             teachers,
+            peers,
             save_model,
             exclusive,
         };
@@ -631,6 +649,7 @@ impl Suite {
                     distill::Teachers::None => ups.is_empty(),
                     distill::Teachers::One => ups.len() == 1,
                     distill::Teachers::Many => ups.len() >= 2,
+                    distill::Teachers::Peers => false,
                 };
                 if !ok {
                     return Err(err(format!("teacher `{name}` is trained with `{m}` ({:?} teacher(s)), but names {} teacher(s)", minfo.teachers, ups.len())));
@@ -675,6 +694,7 @@ impl Suite {
             train,
             seed,
             teachers: refs,
+            peers: vec![],
             save_model: true,
             exclusive,
         };
@@ -796,7 +816,7 @@ fn flatten<'a>(t: impl IntoIterator<Item = (&'a String, &'a toml::Value)>, prefi
 
 fn check_grid_key(src: &Source, path: &[Seg], k: &str) -> anyhow::Result<()> {
     let ok = match k {
-        "teacher" | "teachers" | "chain" | "student" | "method" | "seed" | "save_model" | "exclusive" | "teacher.seed" => Ok(()),
+        "teacher" | "teachers" | "chain" | "peers" | "student" | "method" | "seed" | "save_model" | "exclusive" | "teacher.seed" => Ok(()),
         _ => {
             if let Some(r) = k.strip_prefix("teacher.train.").or_else(|| k.strip_prefix("train.")) {
                 if spec::RECIPE_KEYS.contains(&r) { Ok(()) } else { Err(unknown("recipe key", r, spec::RECIPE_KEYS)) }
@@ -822,6 +842,14 @@ fn check_grid_value(src: &Source, path: &[Seg], k: &str, v: &toml::Value, teache
     let name = || -> anyhow::Result<&str> { v.as_str().ok_or_else(|| input(src.error(path, format!("expected a string, found {}", type_name(v))))) };
     match k {
         "student" => check_model(src, path, name()?),
+        "peers" => {
+            let arr = v.as_array().ok_or_else(|| input(src.error(path, format!("expected an array of model names, found {}", type_name(v)))))?;
+            for m in arr {
+                let m = m.as_str().ok_or_else(|| input(src.error(path, format!("expected model names, found {}", type_name(m)))))?;
+                check_model(src, path, m)?;
+            }
+            Ok(())
+        }
         "method" => {
             let m = name()?;
             if distill::find(m).is_none() {

@@ -246,6 +246,9 @@ pub struct RunSpec {
     pub seed: u64,
     /// Teachers in the suite's order (none for teacher-free methods, several for multi-teacher).
     pub teachers: Vec<TeacherRef>,
+    /// Online peers (model names) trained from scratch alongside this network (DML, SwitOKD).
+    #[serde(default)]
+    pub peers: Vec<String>,
     /// Write `model.safetensors` at the end (always for teachers).
     pub save_model: bool,
     /// Needs a whole GPU (or all CPU slots) to itself; a scheduling hint, not part of the id.
@@ -265,6 +268,7 @@ struct IdView<'a> {
     train: &'a Recipe,
     seed: u64,
     teachers: Vec<IdTeacher<'a>>,
+    peers: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -295,6 +299,7 @@ impl RunSpec {
                     TeacherRef::Checkpoint { model, hash, .. } => IdTeacher::Checkpoint(model, hash),
                 })
                 .collect(),
+            peers: &self.peers,
         };
         // Serialising plain structs/BTreeMaps cannot fail.
         serde_json::to_string(&view).unwrap_or_default()
@@ -316,6 +321,9 @@ impl RunSpec {
         let mut s = format!("{} {}", self.model, self.method);
         if !self.teachers.is_empty() {
             s.push_str(&format!(" <- {}", self.teacher_models()));
+        }
+        if !self.peers.is_empty() {
+            s.push_str(&format!(" + {}", self.peers.join("+")));
         }
         s.push_str(&format!(" seed {}", self.seed));
         s

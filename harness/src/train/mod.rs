@@ -128,6 +128,15 @@ pub fn dense_argmax(model: &dyn Model, out: &crate::models::Output, up: i64) -> 
     }))
 }
 
+/// One SGD over the network (group 0), the method's modules (group 1) and the online peers
+/// (groups 2.., at `peer_scale` times the lr).
+fn optimiser(net: &Net, aux: &nn::VarStore, peers: &[Net], peer_scale: f64, r: &crate::suite::Recipe) -> sgd::Sgd {
+    let prefixes: Vec<String> = (0..peers.len()).map(|k| format!("peer{k}.")).collect();
+    let mut stores: Vec<(&str, &nn::VarStore, f64)> = vec![("", &net.vs, 1.0), ("aux.", aux, 1.0)];
+    stores.extend(peers.iter().zip(&prefixes).map(|(p, pre)| (pre.as_str(), &p.vs, peer_scale)));
+    sgd::Sgd::over(&stores, r.lr, r.momentum, r.weight_decay, r.nesterov)
+}
+
 /// Per-epoch progress reported to the caller (the scheduler prints it).
 pub struct Progress {
     pub epoch: u32,
@@ -161,6 +170,8 @@ struct ResumeState {
     train_time: f64,
     images: i64,
     elapsed: f64,
+    #[serde(default)]
+    peers_best: Vec<f64>,
 }
 
 fn fin(x: f64) -> Option<f64> {
@@ -184,7 +195,14 @@ pub fn clear_resume(run: &RunDir) {
     }
 }
 
-fn load_resume(run: &RunDir, spec: &RunSpec, vs: &mut nn::VarStore, aux: &nn::VarStore, opt: &mut sgd::Sgd) -> anyhow::Result<Option<ResumeState>> {
+/// The stores a run's resume state holds, with their name prefixes.
+fn stores<'a>(net: &'a Net, aux: &'a nn::VarStore, peers: &'a [Net]) -> Vec<(String, &'a nn::VarStore)> {
+    let mut v = vec![("model.".to_string(), &net.vs), ("aux.".to_string(), aux)];
+    v.extend(peers.iter().enumerate().map(|(k, p)| (format!("peer{k}."), &p.vs)));
+    v
+}
+
+fn load_resume(run: &RunDir, spec: &RunSpec, stores: &[(String, &nn::VarStore)], opt: &mut sgd::Sgd) -> anyhow::Result<Option<ResumeState>> {
     let p = resume_json(run);
     if !p.is_file() {
         return Ok(None);
@@ -196,11 +214,19 @@ fn load_resume(run: &RunDir, spec: &RunSpec, vs: &mut nn::VarStore, aux: &nn::Va
     let file = run.path.join(&st.file);
     let tensors: std::collections::BTreeMap<String, Tensor> =
         Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?.into_iter().collect();
+    // Check everything first, so a damaged state never leaves a half-loaded model behind.
+    for (prefix, store) in stores {
+        for (name, v) in store.variables() {
+            let t = tensors.get(&format!("{prefix}{name}")).with_context(|| format!("{}: no {prefix}{name}", file.display()))?;
+            if t.size() != v.size() {
+                anyhow::bail!("{}: {prefix}{name} has shape {:?}, expected {:?}", file.display(), t.size(), v.size());
+            }
+        }
+    }
     tch::no_grad(|| -> anyhow::Result<()> {
-        for (prefix, store) in [("model.", &*vs), ("aux.", aux)] {
+        for (prefix, store) in stores {
             for (name, mut v) in store.variables() {
-                let t = tensors.get(&format!("{prefix}{name}")).with_context(|| format!("{}: no {prefix}{name}", file.display()))?;
-                v.f_copy_(&t.to_device(v.device()))?;
+                v.f_copy_(&tensors[&format!("{prefix}{name}")].to_device(v.device()))?;
             }
         }
         Ok(())
@@ -209,9 +235,8 @@ fn load_resume(run: &RunDir, spec: &RunSpec, vs: &mut nn::VarStore, aux: &nn::Va
     Ok(Some(st))
 }
 
-fn save_resume(run: &RunDir, vs: &nn::VarStore, aux: &nn::VarStore, opt: &sgd::Sgd, st: &ResumeState) -> anyhow::Result<()> {
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
-    named.extend(aux.variables().into_iter().map(|(n, t)| (format!("aux.{n}"), t)));
+fn save_resume(run: &RunDir, stores: &[(String, &nn::VarStore)], opt: &sgd::Sgd, st: &ResumeState) -> anyhow::Result<()> {
+    let mut named: Vec<(String, Tensor)> = stores.iter().flat_map(|(p, vs)| vs.variables().into_iter().map(move |(n, t)| (format!("{p}{n}"), t))).collect();
     named.extend(opt.state());
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let tmp = run.path.join(format!(".{}.tmp.safetensors", st.file));
@@ -259,6 +284,7 @@ pub fn train(
         distill::Teachers::None => 0..=0,
         distill::Teachers::One => 1..=1,
         distill::Teachers::Many => 2..=usize::MAX,
+        distill::Teachers::Peers => 0..=0,
     };
     if !need.contains(&teachers.len()) {
         anyhow::bail!("method {} got {} teacher(s)", spec.method, teachers.len());
@@ -266,6 +292,8 @@ pub fn train(
     let mut distiller = minfo.instantiate(&spec.params)?;
     tch::manual_seed(epoch_seed(spec.seed, 0));
     let mut net = build(&spec.model, data, device)?;
+    // Online peers (DML's cohort, SwitOKD's teacher) are initialised right after the network.
+    let peers: Vec<Net> = spec.peers.iter().map(|m| build(m, data, device)).collect::<anyhow::Result<_>>()?;
     let param_count = models::param_count(&net.vs);
     let r = &spec.train;
     // The method's own trainable modules (e.g. FitNet's regressor) live in a second store, built
@@ -278,7 +306,9 @@ pub fn train(
         distiller.set_train_labels(&data.train_y);
         distiller.init_modules(&aux.root(), &s, &t)?;
     }
-    let mut opt = sgd::Sgd::over(&[("", &net.vs), ("aux.", &aux)], r.lr, r.momentum, r.weight_decay, r.nesterov);
+    let peer_scale = distiller.peer_lr().unwrap_or(1.0);
+    let mut opt = optimiser(&net, &aux, &peers, peer_scale, r);
+    let peer_groups: Vec<usize> = (2..2 + peers.len()).collect();
 
     // The teachers' test predictions are fixed: compute them once for agreement / predictive KL
     // (several teachers: their ensemble, the log of the averaged probabilities).
@@ -307,7 +337,10 @@ pub fn train(
     let mut images = 0i64;
     let mut elapsed_before = 0.0f64;
     let mut first_epoch = 1u32;
-    match load_resume(run, spec, &mut net.vs, &aux, &mut opt) {
+    let mut peers_best: Vec<f64> = Vec::new();
+    let mut peers_last: Vec<f64> = Vec::new();
+    let loaded = load_resume(run, spec, &stores(&net, &aux, &peers), &mut opt);
+    match loaded {
         Ok(Some(st)) => {
             writeln!(log, "resuming run {} after epoch {}", spec.id, st.epoch)?;
             first_epoch = st.epoch + 1;
@@ -322,6 +355,7 @@ pub fn train(
             train_time = st.train_time;
             images = st.images;
             elapsed_before = st.elapsed;
+            peers_best = st.peers_best;
         }
         Ok(None) => {}
         Err(e) => {
@@ -330,7 +364,7 @@ pub fn train(
             clear_resume(run);
             tch::manual_seed(epoch_seed(spec.seed, 0));
             net = build(&spec.model, data, device)?;
-            opt = sgd::Sgd::over(&[("", &net.vs), ("aux.", &aux)], r.lr, r.momentum, r.weight_decay, r.nesterov);
+            opt = optimiser(&net, &aux, &peers, peer_scale, r);
         }
     }
     writeln!(log, "run {} — {} params, device {:?}, teacher top-1 {:?}, epochs {}..={}", spec.id, param_count, device, teacher_top1, first_epoch, r.epochs)?;
@@ -361,6 +395,7 @@ pub fn train(
             };
             let t_out: Vec<crate::models::Output> = teachers.iter().map(|t| tch::no_grad(|| t.net.model.forward(&x, false))).collect();
             let s_out = net.model.forward(&x, true);
+            let p_out: Vec<crate::models::Output> = peers.iter().map(|p| p.model.forward(&x, true)).collect();
             let votes = match dense {
                 Some(up) => Some(dense_argmax(net.model.as_ref(), &s_out, up)?),
                 None => None,
@@ -368,6 +403,7 @@ pub fn train(
             let step = Step {
                 student: &s_out,
                 teachers: &t_out,
+                peers: &p_out,
                 labels: &y,
                 soft_targets: soft.as_ref(),
                 dense_argmax: votes.as_ref(),
@@ -382,6 +418,10 @@ pub fn train(
             let mut total = terms[0].1.shallow_clone();
             for (_, t) in &terms[1..] {
                 total = total + t;
+            }
+            let step_peers = distiller.step_peers();
+            for g in &peer_groups {
+                opt.set_active(*g, step_peers);
             }
             opt.backward_step(&total);
             if names.is_empty() {
@@ -417,6 +457,16 @@ pub fn train(
             best_top1 = last.top1;
             best_epoch = epoch;
         }
+        // Online peers are evaluated like the network itself; method statistics are logged too.
+        let peer_top1: Vec<f64> = peers.iter().map(|p| evaluate(&test_logits(p.model.as_ref(), data), &data.test_y).top1).collect();
+        for (k, t) in peer_top1.iter().enumerate() {
+            if peers_best.len() <= k {
+                peers_best.push(*t);
+            }
+            peers_best[k] = peers_best[k].max(*t);
+        }
+        peers_last = peer_top1.clone();
+        let stats = distiller.epoch_stats();
         if header.is_empty() {
             header = ["epoch", "lr", "train_loss"].iter().map(|s| s.to_string()).collect();
             header.extend(names.iter().map(|n| format!("train_{n}")));
@@ -425,6 +475,8 @@ pub fn train(
                     .iter()
                     .map(|s| s.to_string()),
             );
+            header.extend((0..peers.len()).map(|k| format!("peer{k}_top1")));
+            header.extend(stats.iter().map(|(n, _)| n.to_string()));
         }
         let mut row = vec![epoch.to_string(), format!("{lr}"), format!("{train_loss}")];
         row.extend(term_means.iter().map(|v| format!("{v}")));
@@ -441,6 +493,8 @@ pub fn train(
             format!("{epoch_train_s:.3}"),
             format!("{ips:.1}"),
         ]);
+        row.extend(peer_top1.iter().map(|v| format!("{v}")));
+        row.extend(stats.iter().map(|(_, v)| format!("{v}")));
         rows.push(row);
         write_csv(run, &header, &rows)?;
         if epoch < r.epochs {
@@ -458,8 +512,9 @@ pub fn train(
                 train_time,
                 images,
                 elapsed: elapsed_before + start.elapsed().as_secs_f64(),
+                peers_best: peers_best.clone(),
             };
-            save_resume(run, &net.vs, &aux, &opt, &st)?;
+            save_resume(run, &stores(&net, &aux, &peers), &opt, &st)?;
         }
         writeln!(
             log,
@@ -471,6 +526,9 @@ pub fn train(
     }
     if spec.save_model {
         models::checkpoint::save_atomic(&net.vs, &run.model())?;
+        for (k, p) in peers.iter().enumerate() {
+            models::checkpoint::save_atomic(&p.vs, &run.path.join(format!("peer{k}.safetensors")))?;
+        }
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Ok(Summary {
@@ -485,6 +543,8 @@ pub fn train(
         agreement,
         pred_kl,
         teacher_top1,
+        peers_last_top1: peers_last,
+        peers_best_top1: peers_best,
         param_count,
         wall_time_s: elapsed_before + start.elapsed().as_secs_f64(),
         images_per_s: images as f64 / train_time.max(1e-9),

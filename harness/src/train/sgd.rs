@@ -1,17 +1,21 @@
 //! SGD with momentum, dampening 0, optional Nesterov and weight decay, with PyTorch's update rule
 //! (`torch.optim.SGD`): `g ← ∇ + wd·p; buf ← μ·buf + g (buf₀ = g); d ← g + μ·buf if nesterov else buf;
 //! p ← p − lr·d`. Owned here rather than libtorch's optimiser because per-epoch resume needs the
-//! momentum buffers, which tch's optimiser cannot export.
+//! momentum buffers, which tch's optimiser cannot export. Parameters come in groups (the model,
+//! a method's modules, online peers), each with its own lr scale and an on/off switch per step.
 
 use std::collections::BTreeMap;
 
 use tch::{Tensor, nn};
 
 pub struct Sgd {
-    /// Trainable variables by PyTorch name (sorted: a fixed update order).
-    params: Vec<(String, Tensor)>,
+    /// (PyTorch name with its store's prefix, variable, group), sorted by name: a fixed order.
+    params: Vec<(String, Tensor, usize)>,
     bufs: Vec<Option<Tensor>>,
+    /// Base learning rate (the schedule's value for the epoch).
     pub lr: f64,
+    scales: Vec<f64>,
+    active: Vec<bool>,
     momentum: f64,
     wd: f64,
     nesterov: bool,
@@ -19,28 +23,35 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(vs: &nn::VarStore, lr: f64, momentum: f64, wd: f64, nesterov: bool) -> Sgd {
-        Sgd::over(&[("", vs)], lr, momentum, wd, nesterov)
+        Sgd::over(&[("", vs, 1.0)], lr, momentum, wd, nesterov)
     }
 
-    /// One optimiser over several stores (the model and a method's own modules), their variable
-    /// names prefixed to stay unique.
-    pub fn over(stores: &[(&str, &nn::VarStore)], lr: f64, momentum: f64, wd: f64, nesterov: bool) -> Sgd {
-        let vars: BTreeMap<String, Tensor> = stores
+    /// One optimiser over several stores, one group each: (name prefix, store, lr scale).
+    pub fn over(stores: &[(&str, &nn::VarStore, f64)], lr: f64, momentum: f64, wd: f64, nesterov: bool) -> Sgd {
+        let mut params: Vec<(String, Tensor, usize)> = stores
             .iter()
-            .flat_map(|(prefix, vs)| vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(move |(n, t)| (format!("{prefix}{n}"), t)))
+            .enumerate()
+            .flat_map(|(g, (prefix, vs, _))| vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(move |(n, t)| (format!("{prefix}{n}"), t, g)))
             .collect();
-        let params: Vec<(String, Tensor)> = vars.into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
         let bufs = params.iter().map(|_| None).collect();
-        Sgd { params, bufs, lr, momentum, wd, nesterov }
+        Sgd { params, bufs, lr, scales: stores.iter().map(|s| s.2).collect(), active: vec![true; stores.len()], momentum, wd, nesterov }
+    }
+
+    /// Whether group `g` is updated by the next steps.
+    pub fn set_active(&mut self, g: usize, on: bool) {
+        if let Some(a) = self.active.get_mut(g) {
+            *a = on;
+        }
     }
 
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
+        for (_, p, _) in &mut self.params {
             p.zero_grad();
         }
     }
 
-    /// Backpropagates `loss` and applies one update.
+    /// Backpropagates `loss` and applies one update to the active groups.
     pub fn backward_step(&mut self, loss: &Tensor) {
         self.zero_grad();
         loss.backward();
@@ -49,12 +60,15 @@ impl Sgd {
 
     pub fn step(&mut self) {
         tch::no_grad(|| {
-            for (i, (_, p)) in self.params.iter_mut().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
+            for (i, (_, p, g)) in self.params.iter_mut().enumerate() {
+                if !self.active[*g] {
                     continue;
                 }
-                let mut d = if self.wd != 0.0 { &g + &*p * self.wd } else { g };
+                let grad = p.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let mut d = if self.wd != 0.0 { &grad + &*p * self.wd } else { grad };
                 if self.momentum != 0.0 {
                     let buf = match self.bufs[i].take() {
                         None => d.copy(),
@@ -67,19 +81,19 @@ impl Sgd {
                     d = if self.nesterov { d + &buf * self.momentum } else { buf.shallow_clone() };
                     self.bufs[i] = Some(buf);
                 }
-                let _ = p.f_sub_(&(d * self.lr));
+                let _ = p.f_sub_(&(d * (self.lr * self.scales[*g])));
             }
         })
     }
 
     /// Momentum buffers, named `momentum.<param>` (absent before the first step).
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.params.iter().zip(&self.bufs).filter_map(|((n, _), b)| b.as_ref().map(|b| (format!("momentum.{n}"), b.shallow_clone()))).collect()
+        self.params.iter().zip(&self.bufs).filter_map(|((n, _, _), b)| b.as_ref().map(|b| (format!("momentum.{n}"), b.shallow_clone()))).collect()
     }
 
-    /// Restores buffers saved by [`Sgd::state`]; unknown or mis-shaped entries are an error.
+    /// Restores buffers saved by [`Sgd::state`]; mis-shaped entries are an error.
     pub fn load_state(&mut self, saved: &BTreeMap<String, Tensor>) -> anyhow::Result<()> {
-        for (i, (n, p)) in self.params.iter().enumerate() {
+        for (i, (n, p, _)) in self.params.iter().enumerate() {
             if let Some(b) = saved.get(&format!("momentum.{n}")) {
                 if b.size() != p.size() {
                     anyhow::bail!("momentum buffer for {n} has shape {:?}, parameter {:?}", b.size(), p.size());
