@@ -471,3 +471,14 @@ pair = [
     let e = format!("{:#}", parse(cyc).unwrap().expand(&data_ref()).err().unwrap());
     assert!(e.contains("cycle"), "{e}");
 }
+
+#[test]
+fn output_statistics_have_their_limiting_values() {
+    let y = Tensor::from_slice(&[0i64, 1, 2, 0]);
+    let sharp = y.one_hot(3).to_kind(Kind::Double) * 60.0;
+    let s = metrics::output_stats(&sharp, &y);
+    assert!(s.entropy < 1e-9 && s.nontarget_mass < 1e-9 && s.class_similarity.abs() < 1e-9, "{s:?}");
+    let flat = Tensor::zeros([4, 3], (Kind::Double, Device::Cpu));
+    let f = metrics::output_stats(&flat, &y);
+    assert!((f.entropy - 3f64.ln()).abs() < 1e-12 && (f.nontarget_mass - 2.0 / 3.0).abs() < 1e-12 && (f.class_similarity - 1.0).abs() < 1e-12, "{f:?}");
+}

@@ -248,7 +248,16 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
         let s = &r.spec;
         let status = if crate::store::RunDir::new(&a.results, &plan.suite, &s.id).is_finished() { "done" } else { "pending" };
         let role = if s.role == Role::Teacher { "teacher" } else { "student" };
-        let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if s.train.label_smoothing > 0.0 {
+            params.push(format!("label_smoothing={}", s.train.label_smoothing));
+        }
+        if s.train.mixup_alpha > 0.0 {
+            params.push(format!("mixup_alpha={}", s.train.mixup_alpha));
+        }
+        if !s.peers.is_empty() {
+            params.push(format!("peers={}", s.peers.join("+")));
+        }
         println!(
             "{:<16} {:<7} {:<12} {:<12} {:<6} {:>4}  {:<8} epochs={} bs={} lr={} {}",
             s.id,

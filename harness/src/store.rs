@@ -31,6 +31,9 @@ pub struct Summary {
     pub pred_kl: Option<f64>,
     /// The teacher's own test top-1 (evaluated once for checkpoint teachers, read for run teachers).
     pub teacher_top1: Option<f64>,
+    /// Entropy / non-target mass / inter-class similarity of the final test predictions.
+    #[serde(default)]
+    pub output_stats: crate::distill::metrics::OutputStats,
     /// Last- and best-epoch test top-1 of each online peer (DML cohort, SwitOKD teacher).
     #[serde(default)]
     pub peers_last_top1: Vec<f64>,

@@ -40,6 +40,44 @@ pub fn predictive_kl(student: &Tensor, teacher: &Tensor) -> f64 {
     (lt.exp() * (&lt - ls)).sum_dim_intlist(1, false, Kind::Double).mean(Kind::Double).double_value(&[])
 }
 
+/// Statistics of a network's test predictions that the "sweet spot" study relates to how well
+/// it teaches (Vats & Crandall attribute bad teaching to lost inter-class similarity).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct OutputStats {
+    /// Mean entropy of softmax(z) (T = 1), nats.
+    pub entropy: f64,
+    /// Mean probability given to classes other than the true one.
+    pub nontarget_mass: f64,
+    /// Mean cosine similarity between the class-conditional mean probability vectors of two
+    /// different classes (how much the predictions keep classes alike).
+    pub class_similarity: f64,
+}
+
+pub fn output_stats(logits: &Tensor, labels: &Tensor) -> OutputStats {
+    let k = Kind::Double;
+    let lp = logits.to_kind(k).log_softmax(1, k);
+    let p = lp.exp();
+    let entropy = -(&p * &lp).sum_dim_intlist(1, false, k).mean(k).double_value(&[]);
+    let c = logits.size()[1];
+    let pt = p.gather(1, &labels.unsqueeze(1), false);
+    let nontarget_mass = 1.0 - pt.mean(k).double_value(&[]);
+    // Class-conditional means (classes absent from `labels` are left out).
+    let oh = labels.one_hot(c).to_kind(k);
+    let counts = oh.sum_dim_intlist(0, false, k);
+    let present = counts.gt(0.0);
+    let m = oh.tr().matmul(&p) / counts.clamp_min(1.0).unsqueeze(1);
+    let m = m.index_select(0, &present.nonzero().squeeze_dim(1));
+    let n = m.size()[0];
+    let class_similarity = if n < 2 {
+        0.0
+    } else {
+        let u = &m / m.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12);
+        let g = u.matmul(&u.tr());
+        ((g.sum(k) - g.trace()) / (n * (n - 1)) as f64).double_value(&[])
+    };
+    OutputStats { entropy, nontarget_mass, class_similarity }
+}
+
 /// Mean cross-entropy of logits against labels.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> f64 {
     super::hard_ce(&logits.to_kind(Kind::Double), labels).double_value(&[])

@@ -332,6 +332,7 @@ pub fn train(
     let mut header: Vec<String> = Vec::new();
     let (mut best_top1, mut best_epoch) = (f64::NEG_INFINITY, 0u32);
     let mut last = Eval { loss: f64::NAN, top1: 0.0, top5: 0.0, ece: 0.0 };
+    let mut stats_out = metrics::OutputStats::default();
     let (mut agreement, mut pred_kl) = (None, None);
     let mut train_time = 0.0f64;
     let mut images = 0i64;
@@ -449,6 +450,9 @@ pub fn train(
 
         let logits = test_logits(net.model.as_ref(), data);
         last = evaluate(&logits, &data.test_y);
+        if epoch == r.epochs {
+            stats_out = metrics::output_stats(&logits, &data.test_y.to_device(Device::Cpu));
+        }
         if let Some(tl) = &teacher_test {
             agreement = Some(metrics::agreement(&logits, tl));
             pred_kl = Some(metrics::predictive_kl(&logits, tl));
@@ -543,6 +547,7 @@ pub fn train(
         agreement,
         pred_kl,
         teacher_top1,
+        output_stats: stats_out,
         peers_last_top1: peers_last,
         peers_best_top1: peers_best,
         param_count,
