@@ -261,3 +261,60 @@ fn a_takd_chain_trains_the_assistant_before_the_student() {
     assert!(ta_dir.join("model.safetensors").is_file(), "the assistant's weights are kept for its student");
     assert!(json(&ta_dir.join("summary.json"))["agreement"].is_number());
 }
+
+/// The venv python the setup script installs (none when the user brings their own LIBTORCH).
+fn venv_python() -> Option<PathBuf> {
+    let home = std::env::var_os("KD_HARNESS_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kd-harness")))?;
+    let p = home.join("venv/bin/python");
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn a_pytorch_checkpoint_converts_and_loads_as_a_teacher() {
+    let Some(py) = venv_python() else {
+        eprintln!("SKIPPED: no ~/.cache/kd-harness/venv python (LIBTORCH set by the user); the converter needs torch");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Weights from a harness model, re-saved the way mdistiller does: {"model": sd, "epoch", ...}
+    // with num_batches_tracked entries and a DataParallel prefix.
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _ = (harness::models::find("resnet8").unwrap().build)(&vs.root(), harness::models::ModelCfg { in_channels: 3, num_classes: 10 });
+    harness::models::checkpoint::save_atomic(&vs, &dir.path().join("orig.safetensors")).unwrap();
+    let make = r#"
+import json, struct, sys, torch
+raw = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+sd = {}
+for k, v in hdr.items():
+    if k == '__metadata__':
+        continue
+    a, b = v['data_offsets']
+    sd['module.' + k] = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=torch.float32).reshape(v['shape']).clone()
+    if k.endswith('running_var'):
+        sd['module.' + k[:-len('running_var')] + 'num_batches_tracked'] = torch.tensor(7)
+torch.save({'model': sd, 'epoch': 240, 'best_acc': torch.tensor(70.0)}, sys.argv[2])
+"#;
+    let st = std::process::Command::new(&py).arg("-c").arg(make).arg(dir.path().join("orig.safetensors")).arg(dir.path().join("ckpt.pth")).status().unwrap();
+    assert!(st.success());
+    let conv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pth_to_safetensors.py");
+    let o = std::process::Command::new(&py).arg(&conv).arg(dir.path().join("ckpt.pth")).arg(dir.path().join("conv.safetensors")).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut vs2 = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _ = (harness::models::find("resnet8").unwrap().build)(&vs2.root(), harness::models::ModelCfg { in_channels: 3, num_classes: 10 });
+    harness::models::checkpoint::load_strict(&mut vs2, &dir.path().join("conv.safetensors"), "resnet8").unwrap();
+    let (a, b) = (vs.variables(), vs2.variables());
+    assert_eq!(a.len(), b.len());
+    for (k, t) in a {
+        assert!(t.equal(&b[&k]), "{k} differs after the round trip");
+    }
+    // A non-tensor pickle needs --trust-pickle, and the error says so.
+    let bad = r#"
+import argparse, sys, torch
+torch.save({'model': {}, 'opt': argparse.Namespace(lr=0.05)}, sys.argv[1])
+"#;
+    assert!(std::process::Command::new(&py).arg("-c").arg(bad).arg(dir.path().join("ns.pth")).status().unwrap().success());
+    let o = std::process::Command::new(&py).arg(&conv).arg(dir.path().join("ns.pth")).arg(dir.path().join("x.safetensors")).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("--trust-pickle"), "{}", text(&o));
+}
