@@ -264,7 +264,8 @@ fn a_takd_chain_trains_the_assistant_before_the_student() {
 
 /// The venv python the setup script installs (none when the user brings their own LIBTORCH).
 fn venv_python() -> Option<PathBuf> {
-    let home = std::env::var_os("KD_HARNESS_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kd-harness")))?;
+    let home =
+        std::env::var_os("KD_HARNESS_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kd-harness")))?;
     let p = home.join("venv/bin/python");
     p.is_file().then_some(p)
 }

@@ -294,5 +294,5 @@ fn shipped_suites_validate_and_plan() {
             assert!(text(&o).contains("271 runs = 6 teachers + 265 students"), "{}", text(&o));
         }
     }
-    assert!(seen >= 4);
+    assert!(seen >= 9);
 }

@@ -6,8 +6,13 @@
 //! existing family), plus one line in [`FAMILIES`].
 
 pub mod checkpoint;
+pub mod mobilenetv2;
 pub mod resnet_cifar;
+pub mod resnet_v2;
+pub mod shufflenet;
 pub mod small;
+pub mod vgg;
+pub mod wrn;
 
 use tch::{Device, Kind, Tensor, nn};
 
@@ -48,7 +53,8 @@ pub struct ModelEntry {
 }
 
 /// Every model family; `harness models` lists their entries in this order.
-pub static FAMILIES: &[&[ModelEntry]] = &[small::ENTRIES, resnet_cifar::ENTRIES];
+pub static FAMILIES: &[&[ModelEntry]] =
+    &[small::ENTRIES, resnet_cifar::ENTRIES, wrn::ENTRIES, vgg::ENTRIES, resnet_v2::ENTRIES, mobilenetv2::ENTRIES, shufflenet::ENTRIES];
 
 /// All entries.
 pub fn entries() -> impl Iterator<Item = &'static ModelEntry> {

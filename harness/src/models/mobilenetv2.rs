@@ -1,0 +1,99 @@
+//! `MobileNetV2` of RepDistiller (`models/mobilenetv2.py`, `mobile_half`: expansion T = 6,
+//! width 0.5): stride-2 3×3 stem `conv1.0/1`, inverted-residual `blocks.{b}.{i}.conv.{0,1,3,4,6,7}`
+//! (the 1×1 expansion exists even for t = 1), 1×1 `conv2` to 1280 channels (not width-scaled),
+//! AvgPool2d(2, ceil_mode) on 32×32 inputs, classifier `classifier.0`.
+
+use tch::{Tensor, nn, nn::Module};
+
+use super::{Model, ModelCfg, ModelEntry, Output, bn, conv_init};
+
+pub static ENTRIES: &[ModelEntry] =
+    &[ModelEntry { name: "MobileNetV2", family: "mobilenetv2", input: Some((3, 32, 32)), build: |p, c| Box::new(MobileNetV2::new(p, c, 6, 0.5)) }];
+
+fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn::Conv2D {
+    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding: (k - 1) / 2, groups, bias: false, ws_init: conv_init(), ..Default::default() })
+}
+
+struct Inverted {
+    layers: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    residual: bool,
+}
+
+impl Inverted {
+    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64, t: i64) -> Inverted {
+        let q = &p / "conv";
+        let mid = cin * t;
+        Inverted {
+            layers: vec![
+                (cv(&q / 0, cin, mid, 1, 1, 1), bn(&q / 1, mid)),
+                (cv(&q / 3, mid, mid, 3, stride, mid), bn(&q / 4, mid)),
+                (cv(&q / 6, mid, cout, 1, 1, 1), bn(&q / 7, cout)),
+            ],
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = x.shallow_clone();
+        for (i, (c, n)) in self.layers.iter().enumerate() {
+            h = c.forward(&h).apply_t(n, train);
+            if i < 2 {
+                h = h.relu();
+            }
+        }
+        if self.residual { x + h } else { h }
+    }
+}
+
+struct MobileNetV2 {
+    conv1: (nn::Conv2D, nn::BatchNorm),
+    blocks: Vec<Vec<Inverted>>,
+    conv2: (nn::Conv2D, nn::BatchNorm),
+    classifier: nn::Linear,
+}
+
+impl MobileNetV2 {
+    fn new(p: &nn::Path, c: ModelCfg, t: i64, width: f64) -> MobileNetV2 {
+        let setting: [(i64, i64, i64, i64); 7] = [(1, 16, 1, 1), (t, 24, 2, 1), (t, 32, 3, 2), (t, 64, 4, 2), (t, 96, 3, 1), (t, 160, 3, 2), (t, 320, 1, 1)];
+        let mut cin = (32.0 * width) as i64;
+        let conv1 = (cv(p / "conv1" / 0, c.in_channels, cin, 3, 2, 1), bn(p / "conv1" / 1, cin));
+        let mut blocks = Vec::new();
+        for (b, &(tt, ch, n, s)) in setting.iter().enumerate() {
+            let out = (ch as f64 * width) as i64;
+            let bp = p / "blocks" / b;
+            let mut layers = Vec::new();
+            for i in 0..n {
+                layers.push(Inverted::new(&bp / i, cin, out, if i == 0 { s } else { 1 }, tt));
+                cin = out;
+            }
+            blocks.push(layers);
+        }
+        let last = 1280;
+        let conv2 = (cv(p / "conv2" / 0, cin, last, 1, 1, 1), bn(p / "conv2" / 1, last));
+        MobileNetV2 { conv1, blocks, conv2, classifier: nn::linear(p / "classifier" / 0, last, c.num_classes, Default::default()) }
+    }
+}
+
+impl Model for MobileNetV2 {
+    fn forward(&self, x: &Tensor, train: bool) -> Output {
+        let mut h = self.conv1.0.forward(x).apply_t(&self.conv1.1, train).relu();
+        let mut feats = vec![h.shallow_clone()];
+        // RepDistiller's taps: after blocks 1, 2, 4 and 6.
+        for (b, layers) in self.blocks.iter().enumerate() {
+            for l in layers {
+                h = l.forward(&h, train);
+            }
+            if matches!(b, 1 | 2 | 4 | 6) {
+                feats.push(h.shallow_clone());
+            }
+        }
+        let out = self.conv2.0.forward(&h).apply_t(&self.conv2.1, train).relu();
+        let pooled = out.avg_pool2d([2, 2], [2, 2], [0, 0], true, true, None::<i64>).flatten(1, -1);
+        let logits = self.classifier.forward(&pooled);
+        Output { logits, preact: feats.iter().map(Tensor::shallow_clone).collect(), feats, pooled }
+    }
+
+    fn head(&self, pooled: &Tensor) -> Tensor {
+        self.classifier.forward(pooled)
+    }
+}

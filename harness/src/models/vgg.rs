@@ -1,0 +1,76 @@
+//! VGG with BatchNorm of RepDistiller (`models/vgg.py`): five blocks `block0..block4` of
+//! [conv(bias), BN, ReLU]×m with each block's last ReLU applied outside (so indices run 0, 1, 3, 4,
+//! …), max-pooling between blocks (pool3 only for 64×64 inputs), adaptive average pooling and a
+//! bare linear `classifier`.
+
+use tch::{Tensor, nn, nn::Module};
+
+use super::{Model, ModelCfg, ModelEntry, Output, bn, conv_init};
+
+const CIFAR: Option<(i64, i64, i64)> = Some((3, 32, 32));
+const S: &[&[i64]] = &[&[64], &[128], &[256], &[512], &[512]];
+const A: &[&[i64]] = &[&[64], &[128], &[256, 256], &[512, 512], &[512, 512]];
+const B: &[&[i64]] = &[&[64, 64], &[128, 128], &[256, 256], &[512, 512], &[512, 512]];
+const D: &[&[i64]] = &[&[64, 64], &[128, 128], &[256, 256, 256], &[512, 512, 512], &[512, 512, 512]];
+const E: &[&[i64]] = &[&[64, 64], &[128, 128], &[256, 256, 256, 256], &[512, 512, 512, 512], &[512, 512, 512, 512]];
+
+pub static ENTRIES: &[ModelEntry] = &[
+    ModelEntry { name: "vgg8", family: "vgg", input: CIFAR, build: |p, c| Box::new(Vgg::new(p, c, S)) },
+    ModelEntry { name: "vgg11", family: "vgg", input: CIFAR, build: |p, c| Box::new(Vgg::new(p, c, A)) },
+    ModelEntry { name: "vgg13", family: "vgg", input: CIFAR, build: |p, c| Box::new(Vgg::new(p, c, B)) },
+    ModelEntry { name: "vgg16", family: "vgg", input: CIFAR, build: |p, c| Box::new(Vgg::new(p, c, D)) },
+    ModelEntry { name: "vgg19", family: "vgg", input: CIFAR, build: |p, c| Box::new(Vgg::new(p, c, E)) },
+];
+
+struct Vgg {
+    blocks: Vec<Vec<(nn::Conv2D, nn::BatchNorm)>>,
+    classifier: nn::Linear,
+}
+
+impl Vgg {
+    fn new(p: &nn::Path, c: ModelCfg, cfg: &[&[i64]]) -> Vgg {
+        let mut cin = c.in_channels;
+        let mut blocks = Vec::new();
+        for (b, widths) in cfg.iter().enumerate() {
+            let bp = p / format!("block{b}");
+            let mut layers = Vec::new();
+            for (i, &w) in widths.iter().enumerate() {
+                let cv = nn::conv2d(&bp / (3 * i), cin, w, 3, nn::ConvConfig { padding: 1, ws_init: conv_init(), ..Default::default() });
+                layers.push((cv, bn(&bp / (3 * i + 1), w)));
+                cin = w;
+            }
+            blocks.push(layers);
+        }
+        Vgg { blocks, classifier: nn::linear(p / "classifier", 512, c.num_classes, Default::default()) }
+    }
+}
+
+impl Model for Vgg {
+    fn forward(&self, x: &Tensor, train: bool) -> Output {
+        let big = x.size()[2] == 64;
+        let mut h = x.shallow_clone();
+        let mut feats = Vec::new();
+        let mut preact = Vec::new();
+        for (b, layers) in self.blocks.iter().enumerate() {
+            if b > 0 && (b != 4 || big) {
+                h = h.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+            }
+            for (i, (c, n)) in layers.iter().enumerate() {
+                h = c.forward(&h).apply_t(n, train);
+                if i + 1 < layers.len() {
+                    h = h.relu();
+                }
+            }
+            preact.push(h.shallow_clone());
+            h = h.relu();
+            feats.push(h.shallow_clone());
+        }
+        let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        let logits = self.classifier.forward(&pooled);
+        Output { logits, feats, preact, pooled }
+    }
+
+    fn head(&self, pooled: &Tensor) -> Tensor {
+        self.classifier.forward(pooled)
+    }
+}

@@ -1,0 +1,92 @@
+//! Wide ResNets of RepDistiller (`models/wrn.py`): pre-activation blocks, n = (depth−4)/6 per
+//! stage, widths [16, 16k, 32k, 64k], `convShortcut` only where channels change, final `bn1`,
+//! classifier `fc`. Stage features are the raw residual sums (no BN/ReLU), as RepDistiller's.
+
+use tch::{Tensor, nn, nn::Module};
+
+use super::{Model, ModelCfg, ModelEntry, Output, bn, conv};
+
+const CIFAR: Option<(i64, i64, i64)> = Some((3, 32, 32));
+
+pub static ENTRIES: &[ModelEntry] = &[
+    ModelEntry { name: "wrn_16_1", family: "wrn", input: CIFAR, build: |p, c| Box::new(Wrn::new(p, c, 16, 1)) },
+    ModelEntry { name: "wrn_16_2", family: "wrn", input: CIFAR, build: |p, c| Box::new(Wrn::new(p, c, 16, 2)) },
+    ModelEntry { name: "wrn_40_1", family: "wrn", input: CIFAR, build: |p, c| Box::new(Wrn::new(p, c, 40, 1)) },
+    ModelEntry { name: "wrn_40_2", family: "wrn", input: CIFAR, build: |p, c| Box::new(Wrn::new(p, c, 40, 2)) },
+];
+
+struct Block {
+    bn1: nn::BatchNorm,
+    conv1: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    shortcut: Option<nn::Conv2D>,
+}
+
+impl Block {
+    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64) -> Block {
+        Block {
+            bn1: bn(&p / "bn1", cin),
+            conv1: conv(&p / "conv1", cin, cout, 3, stride, 1),
+            bn2: bn(&p / "bn2", cout),
+            conv2: conv(&p / "conv2", cout, cout, 3, 1, 1),
+            shortcut: (cin != cout).then(|| conv(&p / "convShortcut", cin, cout, 1, stride, 0)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let a = x.apply_t(&self.bn1, train).relu();
+        let out = self.conv1.forward(&a).apply_t(&self.bn2, train).relu();
+        let out = self.conv2.forward(&out);
+        match &self.shortcut {
+            // The official block feeds the activated input to the shortcut when channels change.
+            Some(s) => s.forward(&a) + out,
+            None => x + out,
+        }
+    }
+}
+
+struct Wrn {
+    conv1: nn::Conv2D,
+    blocks: Vec<Vec<Block>>,
+    bn1: nn::BatchNorm,
+    fc: nn::Linear,
+}
+
+impl Wrn {
+    fn new(p: &nn::Path, c: ModelCfg, depth: i64, k: i64) -> Wrn {
+        let n = (depth - 4) / 6;
+        let w = [16, 16 * k, 32 * k, 64 * k];
+        let mut blocks = Vec::new();
+        for s in 0..3 {
+            let lp = p / format!("block{}", s + 1) / "layer";
+            blocks.push((0..n).map(|i| Block::new(&lp / i, if i == 0 { w[s] } else { w[s + 1] }, w[s + 1], if i == 0 && s > 0 { 2 } else { 1 })).collect());
+        }
+        Wrn {
+            conv1: conv(p / "conv1", c.in_channels, 16, 3, 1, 1),
+            blocks,
+            bn1: bn(p / "bn1", w[3]),
+            fc: nn::linear(p / "fc", w[3], c.num_classes, Default::default()),
+        }
+    }
+}
+
+impl Model for Wrn {
+    fn forward(&self, x: &Tensor, train: bool) -> Output {
+        let mut h = self.conv1.forward(x);
+        let mut feats = vec![h.shallow_clone()];
+        for stage in &self.blocks {
+            for b in stage {
+                h = b.forward(&h, train);
+            }
+            feats.push(h.shallow_clone());
+        }
+        let pooled = h.apply_t(&self.bn1, train).relu().avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1);
+        let logits = self.fc.forward(&pooled);
+        Output { logits, preact: feats.iter().map(Tensor::shallow_clone).collect(), feats, pooled }
+    }
+
+    fn head(&self, pooled: &Tensor) -> Tensor {
+        self.fc.forward(pooled)
+    }
+}
