@@ -92,6 +92,25 @@ pub fn feature_shapes(entry: &ModelEntry, cfg: ModelCfg, hw: (i64, i64)) -> Vec<
     out.feats.iter().map(|f| f.size()[1..].to_vec()).collect()
 }
 
+/// Runs residual stages after a stem: each block returns (output, pre-activation); collects the
+/// stem and every stage's output (and its last pre-activation) as feature taps.
+pub fn run_stages<B>(stem: Tensor, stages: &[Vec<B>], block: impl Fn(&B, &Tensor) -> (Tensor, Tensor)) -> (Tensor, Vec<Tensor>, Vec<Tensor>) {
+    let mut h = stem;
+    let mut feats = vec![h.shallow_clone()];
+    let mut preact = vec![h.shallow_clone()];
+    for stage in stages {
+        let mut pre = h.shallow_clone();
+        for b in stage {
+            let (o, p) = block(b, &h);
+            h = o;
+            pre = p;
+        }
+        feats.push(h.shallow_clone());
+        preact.push(pre);
+    }
+    (h, feats, preact)
+}
+
 /// Conv init used by the reference models: Kaiming normal, fan-out, ReLU gain.
 pub fn conv_init() -> nn::Init {
     nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanOut, non_linearity: nn::init::NonLinearity::ReLU }

@@ -94,19 +94,7 @@ impl ResNet {
 
 impl Model for ResNet {
     fn forward(&self, x: &Tensor, train: bool) -> Output {
-        let mut h = self.conv1.forward(x).apply_t(&self.bn1, train).relu();
-        let mut feats = vec![h.shallow_clone()];
-        let mut preact = vec![h.shallow_clone()];
-        for layer in &self.layers {
-            let mut pre = h.shallow_clone();
-            for b in layer {
-                let (o, p) = b.forward(&h, train);
-                h = o;
-                pre = p;
-            }
-            feats.push(h.shallow_clone());
-            preact.push(pre);
-        }
+        let (h, feats, preact) = super::run_stages(self.conv1.forward(x).apply_t(&self.bn1, train).relu(), &self.layers, |b, h| b.forward(h, train));
         let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
         let logits = self.linear.forward(&pooled);
         Output { logits, feats, preact, pooled }

@@ -89,19 +89,7 @@ impl V1 {
 
 impl Model for V1 {
     fn forward(&self, x: &Tensor, train: bool) -> Output {
-        let mut h = self.conv1.forward(x).apply_t(&self.bn1, train).relu();
-        let mut feats = vec![h.shallow_clone()];
-        let mut preact = vec![h.shallow_clone()];
-        for layer in &self.layers {
-            let mut pre = h.shallow_clone();
-            for u in layer {
-                let (o, p) = u.forward(&h, train);
-                h = o;
-                pre = p;
-            }
-            feats.push(h.shallow_clone());
-            preact.push(pre);
-        }
+        let (h, feats, preact) = super::run_stages(self.conv1.forward(x).apply_t(&self.bn1, train).relu(), &self.layers, |b, h| b.forward(h, train));
         let pooled = h.avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None::<i64>).flatten(1, -1);
         let logits = self.linear.forward(&pooled);
         Output { logits, feats, preact, pooled }
@@ -201,19 +189,7 @@ impl V2 {
 
 impl Model for V2 {
     fn forward(&self, x: &Tensor, train: bool) -> Output {
-        let mut h = self.conv1.forward(x).apply_t(&self.bn1, train).relu();
-        let mut feats = vec![h.shallow_clone()];
-        let mut preact = vec![h.shallow_clone()];
-        for layer in &self.layers {
-            let mut pre = h.shallow_clone();
-            for b in layer {
-                let (o, p) = b.forward(&h, train);
-                h = o;
-                pre = p;
-            }
-            feats.push(h.shallow_clone());
-            preact.push(pre);
-        }
+        let (h, feats, preact) = super::run_stages(self.conv1.forward(x).apply_t(&self.bn1, train).relu(), &self.layers, |b, h| b.forward(h, train));
         let out = self.conv2.forward(&h).apply_t(&self.bn2, train).relu();
         let pooled = out.avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None::<i64>).flatten(1, -1);
         let logits = self.linear.forward(&pooled);
