@@ -135,17 +135,7 @@ fn fitnet_regressor_follows_the_map_sizes() {
         let y = Tensor::zeros([2], (Kind::Int64, Device::Cpu));
         let (s, t) = (out(5, sh), out(7, th));
         let teachers = [t];
-        let step = harness::distill::Step {
-            student: &s,
-            teachers: &teachers,
-            peers: &[],
-            labels: &y,
-            soft_targets: None,
-            dense_argmax: None,
-            indices: None,
-            label_smoothing: 0.0,
-            epoch: 1,
-        };
+        let step = harness::distill::Step::new(&s, &teachers, &y, 1);
         let terms = d.losses(&step).unwrap();
         assert!(terms.iter().any(|(n, _)| *n == "hint"), "{sh}->{th}");
         assert!(vs.variables().keys().any(|k| k.starts_with("regressor.conv")), "{sh}->{th}: {:?}", vs.variables().keys());

@@ -369,17 +369,7 @@ fn kd_matches_the_spec_worked_example() {
         let mut d = info.instantiate(&p).unwrap();
         let (so, to) = (output(&s), output(&t));
         let teachers = [to];
-        let step = distill::Step {
-            student: &so,
-            teachers: &teachers,
-            peers: &[],
-            labels: &y,
-            soft_targets: None,
-            dense_argmax: None,
-            indices: None,
-            label_smoothing: 0.0,
-            epoch: 1,
-        };
+        let step = distill::Step::new(&so, &teachers, &y, 1);
         let terms = d.losses(&step).unwrap();
         terms.iter().map(|(_, v)| v.double_value(&[])).sum::<f64>()
     };

@@ -26,17 +26,7 @@ fn kd_step(c: &mut Criterion) {
             let t = tch::no_grad(|| teacher.forward(&x, false));
             let s = student.forward(&x, true);
             let teachers = [t];
-            let step = distill::Step {
-                student: &s,
-                teachers: &teachers,
-                peers: &[],
-                labels: &y,
-                soft_targets: None,
-                dense_argmax: None,
-                indices: None,
-                label_smoothing: 0.0,
-                epoch: 1,
-            };
+            let step = distill::Step::new(&s, &teachers, &y, 1);
             let terms = kd.losses(&step).expect("losses");
             let total = terms.iter().map(|(_, t)| t.shallow_clone()).reduce(|a, b| a + b).expect("terms");
             opt.backward_step(&total);

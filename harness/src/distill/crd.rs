@@ -47,6 +47,7 @@ fn build(p: &Params) -> anyhow::Result<Box<dyn Distiller>> {
         mu: float(p, "nce_m")?,
         p: p.clone(),
         labels: None,
+        min_pool: 0,
         state: None,
     }))
 }
@@ -69,6 +70,8 @@ struct Crd {
     mu: f64,
     p: Params,
     labels: Option<Tensor>,
+    /// Size of the smallest other-class pool (decides sampling with or without replacement).
+    min_pool: i64,
     state: Option<State>,
 }
 
@@ -139,8 +142,7 @@ impl Crd {
         let labels = self.labels.as_ref().ok_or_else(|| anyhow::anyhow!("crd: training labels not set"))?;
         let labels = labels.to_device(y.device());
         let weights = labels.unsqueeze(0).ne_tensor(&y.unsqueeze(1)).to_kind(Kind::Float);
-        let pool = weights.sum_dim_intlist(1, false, Kind::Float).min().double_value(&[]) as i64;
-        let neg = weights.multinomial(self.k, self.k > pool);
+        let neg = weights.multinomial(self.k, self.k > self.min_pool);
         Ok(Tensor::cat(&[idx.unsqueeze(1), neg], 1))
     }
 }
@@ -160,6 +162,10 @@ impl Distiller for Crd {
     }
 
     fn set_train_labels(&mut self, labels: &Tensor) {
+        // Once, not per batch: the largest class leaves the smallest pool of negatives.
+        let n = labels.size()[0];
+        let largest = labels.bincount(None::<Tensor>, 0).max().int64_value(&[]);
+        self.min_pool = n - largest;
         self.labels = Some(labels.shallow_clone());
     }
 

@@ -55,7 +55,12 @@ pub struct Step<'a> {
     pub epoch: u32,
 }
 
-impl Step<'_> {
+impl<'a> Step<'a> {
+    /// A step with only logits-level inputs (no peers, mixup, votes, indices or smoothing).
+    pub fn new(student: &'a Output, teachers: &'a [Output], labels: &'a Tensor, epoch: u32) -> Step<'a> {
+        Step { student, teachers, peers: &[], labels, soft_targets: None, dense_argmax: None, indices: None, label_smoothing: 0.0, epoch }
+    }
+
     /// The (first) teacher's outputs.
     pub fn teacher(&self) -> anyhow::Result<&Output> {
         self.teachers.first().ok_or_else(|| anyhow::anyhow!("this method needs teacher outputs"))
