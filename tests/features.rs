@@ -330,3 +330,34 @@ pair = [
     let o = harness(&["plan", "bad.toml"], dir.path());
     assert!(o.status.code() == Some(2) && text(&o).contains("set `peers"), "{}", text(&o));
 }
+
+#[test]
+fn sokd_trains_a_knowledge_bridge_from_the_frozen_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = harness(&["data", "synth", "--out", "synth", "--classes", "10", "--train", "128", "--test", "64"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let body = "[suite]\nname = \"s\"\ndataset = \"cifar10\"\n[train]\nepochs = 2\nbatch_size = 64\nmilestones = []\n[teachers.t]\nmodel = \"resnet8\"\ntrain = { epochs = 1 }\n[grid]\npair = [{ teacher = \"t\", student = \"resnet8\", method = \"sokd\" }]\n";
+    std::fs::write(dir.path().join("s.toml"), body).unwrap();
+    let plan = text(&harness(&["plan", "s.toml", "--data-dir", "synth"], dir.path()));
+    let id = plan.lines().find(|l| l.contains(" sokd ")).unwrap().split_whitespace().next().unwrap().to_string();
+    let o = harness_cmd(&["run", "s.toml", "--data-dir", "synth", "--results", "r", "--devices", "cpu"], dir.path())
+        .env("KD_HARNESS_FAULT", format!("panic:{id}:1"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let run = dir.path().join("r/s/runs").join(&id);
+    let keys: Vec<String> = Tensor::read_safetensors(run.join("resume-e1.safetensors")).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.iter().any(|k| k.starts_with("aux.bridge.layer3.0.conv1")), "the bridge is a trained module: {keys:?}");
+    let o = harness(&["run", "s.toml", "--data-dir", "synth", "--results", "r", "--devices", "cpu"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let rows = metrics_without_timing(&run.join("metrics.csv"));
+    for col in ["train_bridge_ce", "train_bridge_kd_teacher", "train_kd_from_bridge", "bridge_train_top1"] {
+        assert!(rows[0].iter().any(|h| h == col), "missing {col}: {:?}", rows[0]);
+    }
+    // A teacher family without a bridge is refused clearly.
+    let bad = body.replace("model = \"resnet8\"\ntrain", "model = \"vgg8\"\ntrain");
+    std::fs::write(dir.path().join("b.toml"), bad.replace("name = \"s\"", "name = \"b\"")).unwrap();
+    let o = harness(&["run", "b.toml", "--data-dir", "synth", "--results", "r", "--devices", "cpu"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no knowledge bridge"), "{}", text(&o));
+}

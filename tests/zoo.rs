@@ -116,3 +116,21 @@ fn every_model_runs_and_exposes_its_taps() {
         assert_eq!(out.feats.len(), out.preact.len(), "{}", e.name);
     }
 }
+
+#[test]
+fn forward_tail_continues_the_forward_from_a_stage() {
+    tch::manual_seed(0);
+    for name in ["resnet8", "wrn_16_1", "ResNet18"] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = (models::find(name).unwrap().build)(&vs.root(), CFG);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let out = tch::no_grad(|| m.forward(&x, false));
+        for stage in 1..out.feats.len() {
+            let z = tch::no_grad(|| m.forward_tail(&out.feats[stage], stage, false)).unwrap();
+            assert!(z.allclose(&out.logits, 1e-4, 1e-5, false), "{name} from stage {stage}");
+        }
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let vgg = (models::find("vgg8").unwrap().build)(&vs.root(), CFG);
+    assert!(vgg.forward_tail(&Tensor::zeros([1, 64, 32, 32], (Kind::Float, Device::Cpu)), 1, false).is_none());
+}

@@ -21,6 +21,7 @@ pub mod mixkd;
 pub mod nkd;
 pub mod pkt;
 pub mod rkd;
+pub mod sokd;
 pub mod sp;
 pub mod switokd;
 pub mod tf_nkd;
@@ -161,6 +162,16 @@ pub trait Distiller: Send {
         vec![]
     }
 
+    /// The run's model names and the dataset's model settings, before [`Distiller::init_modules`]
+    /// (SOKD builds a fresh copy of its teacher's architecture).
+    fn set_models(&mut self, _student: &str, _teachers: &[String], _cfg: crate::models::ModelCfg) {}
+
+    /// Whether the (frozen) teachers run in train mode (BN batch statistics); SOKD's official
+    /// code does this. Default: eval mode.
+    fn teacher_train_mode(&self) -> bool {
+        false
+    }
+
     /// Labels of the whole training split, before [`Distiller::init_modules`] (CRD samples its
     /// negatives from other classes and sizes its memory from them).
     fn set_train_labels(&mut self, _labels: &Tensor) {}
@@ -265,6 +276,7 @@ pub static REGISTRY: &[&MethodInfo] = &[
     &pkt::INFO,
     &dml::INFO,
     &switokd::INFO,
+    &sokd::INFO,
     &bdkd::ONLINE,
 ];
 

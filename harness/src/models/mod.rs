@@ -34,6 +34,13 @@ pub trait Model: Send {
     /// The classifier alone, applied to pooled vectors (…×D → …×classes); used for dense
     /// per-location votes over the final feature map.
     fn head(&self, pooled: &Tensor) -> Tensor;
+
+    /// Logits from the output of stage `stage` (`feats[stage]`) onward: the remaining stages, the
+    /// pooling and the classifier. SOKD's knowledge bridge is a fresh copy of the teacher run this
+    /// way. `None` where a family does not support it.
+    fn forward_tail(&self, _f: &Tensor, _stage: usize, _train: bool) -> Option<Tensor> {
+        None
+    }
 }
 
 /// Build-time settings derived from the dataset.

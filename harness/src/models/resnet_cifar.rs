@@ -97,4 +97,10 @@ impl Model for ResNet {
     fn head(&self, pooled: &Tensor) -> Tensor {
         self.fc.forward(pooled)
     }
+
+    fn forward_tail(&self, f: &Tensor, stage: usize, train: bool) -> Option<Tensor> {
+        let rest = self.layers.get(stage..)?;
+        let (h, _, _) = super::run_stages(f.shallow_clone(), rest, |b, h| b.forward(h, train));
+        Some(self.fc.forward(&h.avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1)))
+    }
 }

@@ -103,4 +103,10 @@ impl Model for ResNet {
     fn head(&self, pooled: &Tensor) -> Tensor {
         self.linear.forward(pooled)
     }
+
+    fn forward_tail(&self, f: &Tensor, stage: usize, train: bool) -> Option<Tensor> {
+        let rest = self.layers.get(stage..)?;
+        let (h, _, _) = super::run_stages(f.shallow_clone(), rest, |b, h| b.forward(h, train));
+        Some(self.linear.forward(&h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)))
+    }
 }

@@ -89,4 +89,12 @@ impl Model for Wrn {
     fn head(&self, pooled: &Tensor) -> Tensor {
         self.fc.forward(pooled)
     }
+
+    fn forward_tail(&self, f: &Tensor, stage: usize, train: bool) -> Option<Tensor> {
+        let mut h = f.shallow_clone();
+        for b in self.blocks.get(stage..)?.iter().flatten() {
+            h = b.forward(&h, train);
+        }
+        Some(self.fc.forward(&h.apply_t(&self.bn1, train).relu().avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1)))
+    }
 }

@@ -304,6 +304,8 @@ pub fn train(
         let probe = data.normalize(&data.train_x.narrow(0, 0, n));
         let (s, t) = tch::no_grad(|| (net.model.forward(&probe, false), teachers.iter().map(|t| t.net.model.forward(&probe, false)).collect::<Vec<_>>()));
         distiller.set_train_labels(&data.train_y);
+        let tnames: Vec<String> = spec.teachers.iter().map(|t| t.model().to_string()).collect();
+        distiller.set_models(&spec.model, &tnames, ModelCfg { in_channels: data.info.shape.0, num_classes: data.info.classes });
         distiller.init_modules(&aux.root(), &s, &t)?;
     }
     let peer_scale = distiller.peer_lr().unwrap_or(1.0);
@@ -327,6 +329,7 @@ pub fn train(
     let mixup = distiller.mixup().or_else(|| r.mixup());
     let group = distiller.same_class_per_anchor();
     let dense = distiller.dense_votes();
+    let teacher_train = distiller.teacher_train_mode();
 
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header: Vec<String> = Vec::new();
@@ -394,7 +397,7 @@ pub fn train(
                 }
                 None => (x, y, None),
             };
-            let t_out: Vec<crate::models::Output> = teachers.iter().map(|t| tch::no_grad(|| t.net.model.forward(&x, false))).collect();
+            let t_out: Vec<crate::models::Output> = teachers.iter().map(|t| tch::no_grad(|| t.net.model.forward(&x, teacher_train))).collect();
             let s_out = net.model.forward(&x, true);
             let p_out: Vec<crate::models::Output> = peers.iter().map(|p| p.model.forward(&x, true)).collect();
             let votes = match dense {
