@@ -209,3 +209,35 @@ fn concurrent_runs_on_one_results_dir_do_not_duplicate_work() {
     let o = harness(&["run", &s, "--results", "r", "--devices", "cpu"], dir.path());
     assert!(o.status.success() && text(&o).contains("0 finished now, 3 cached"), "{}", text(&o));
 }
+
+#[test]
+fn an_exclusive_run_has_the_machine_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[suite]\nname = \"x\"\ndataset = \"digits\"\n[train]\nepochs = 2\nbatch_size = 128\nmilestones = []\n[grid]\npair = [{ student = \"cnn_small\", exclusive = true }, { student = \"mlp\" }, { student = \"cnn_tiny\" }]\n";
+    let s = write_suite(dir.path(), body);
+    let o = harness(&["run", &s, "--results", "r", "--devices", "cpu", "--jobs", "2"], dir.path());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    // Events in order: while the exclusive run is active nothing else starts, and it starts only
+    // when nothing else runs.
+    let mut active: Vec<String> = Vec::new();
+    for line in t.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.first() {
+            Some(&"start") => {
+                let label = f[2..].join(" ");
+                assert!(!active.iter().any(|a| a.starts_with("cnn_small")), "{label} started beside the exclusive run:\n{t}");
+                if label.starts_with("cnn_small") {
+                    assert!(active.is_empty(), "the exclusive run started beside {active:?}:\n{t}");
+                }
+                active.push(label);
+            }
+            Some(&"done") => {
+                let label = f[2..].join(" ");
+                let label = label.split(':').next().unwrap_or("").to_string();
+                active.retain(|a| !a.starts_with(&label) && !label.starts_with(a.split(" on ").next().unwrap_or("")));
+            }
+            _ => {}
+        }
+    }
+}
