@@ -340,7 +340,9 @@ fn sokd_trains_a_knowledge_bridge_from_the_frozen_teacher() {
     std::fs::write(dir.path().join("s.toml"), body).unwrap();
     let plan = text(&harness(&["plan", "s.toml", "--data-dir", "synth"], dir.path()));
     let id = plan.lines().find(|l| l.contains(" sokd ")).unwrap().split_whitespace().next().unwrap().to_string();
-    let o = harness_cmd(&["run", "s.toml", "--data-dir", "synth", "--results", "r", "--devices", "cpu"], dir.path())
+    let o = harness(&["run", "s.toml", "--data-dir", "synth", "--results", "a", "--devices", "cpu", "--threads", "1"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = harness_cmd(&["run", "s.toml", "--data-dir", "synth", "--results", "r", "--devices", "cpu", "--threads", "1"], dir.path())
         .env("KD_HARNESS_FAULT", format!("panic:{id}:1"))
         .output()
         .unwrap();
@@ -348,9 +350,11 @@ fn sokd_trains_a_knowledge_bridge_from_the_frozen_teacher() {
     let run = dir.path().join("r/s/runs").join(&id);
     let keys: Vec<String> = Tensor::read_safetensors(run.join("resume-e1.safetensors")).unwrap().into_iter().map(|(k, _)| k).collect();
     assert!(keys.iter().any(|k| k.starts_with("aux.bridge.layer3.0.conv1")), "the bridge is a trained module: {keys:?}");
-    let o = harness(&["run", "s.toml", "--data-dir", "synth", "--results", "r", "--devices", "cpu"], dir.path());
+    assert!(keys.iter().any(|k| k.starts_with("teacher0.layer1")), "a train-mode teacher's BN statistics are resumed too");
+    let o = harness(&["run", "s.toml", "--data-dir", "synth", "--results", "r", "--devices", "cpu", "--threads", "1"], dir.path());
     assert!(o.status.success(), "{}", text(&o));
     let rows = metrics_without_timing(&run.join("metrics.csv"));
+    assert_eq!(rows, metrics_without_timing(&dir.path().join("a/s/runs").join(&id).join("metrics.csv")), "resumed = uninterrupted");
     for col in ["train_bridge_ce", "train_bridge_kd_teacher", "train_kd_from_bridge", "bridge_train_top1"] {
         assert!(rows[0].iter().any(|h| h == col), "missing {col}: {:?}", rows[0]);
     }

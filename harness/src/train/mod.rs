@@ -196,9 +196,11 @@ pub fn clear_resume(run: &RunDir) {
 }
 
 /// The stores a run's resume state holds, with their name prefixes.
-fn stores<'a>(net: &'a Net, aux: &'a nn::VarStore, peers: &'a [Net]) -> Vec<(String, &'a nn::VarStore)> {
+/// Teachers are included only when they run in train mode (SOKD): their BN statistics then move.
+fn stores<'a>(net: &'a Net, aux: &'a nn::VarStore, peers: &'a [Net], moving_teachers: &'a [Teacher]) -> Vec<(String, &'a nn::VarStore)> {
     let mut v = vec![("model.".to_string(), &net.vs), ("aux.".to_string(), aux)];
     v.extend(peers.iter().enumerate().map(|(k, p)| (format!("peer{k}."), &p.vs)));
+    v.extend(moving_teachers.iter().enumerate().map(|(k, t)| (format!("teacher{k}."), &t.net.vs)));
     v
 }
 
@@ -343,7 +345,8 @@ pub fn train(
     let mut first_epoch = 1u32;
     let mut peers_best: Vec<f64> = Vec::new();
     let mut peers_last: Vec<f64> = Vec::new();
-    let loaded = load_resume(run, spec, &stores(&net, &aux, &peers), &mut opt);
+    let moving: &[Teacher] = if teacher_train { &teachers } else { &[] };
+    let loaded = load_resume(run, spec, &stores(&net, &aux, &peers, moving), &mut opt);
     match loaded {
         Ok(Some(st)) => {
             writeln!(log, "resuming run {} after epoch {}", spec.id, st.epoch)?;
@@ -521,7 +524,7 @@ pub fn train(
                 elapsed: elapsed_before + start.elapsed().as_secs_f64(),
                 peers_best: peers_best.clone(),
             };
-            save_resume(run, &stores(&net, &aux, &peers), &opt, &st)?;
+            save_resume(run, &stores(&net, &aux, &peers, moving), &opt, &st)?;
         }
         writeln!(
             log,
