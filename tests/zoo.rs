@@ -134,3 +134,35 @@ fn forward_tail_continues_the_forward_from_a_stage() {
     let vgg = (models::find("vgg8").unwrap().build)(&vs.root(), CFG);
     assert!(vgg.forward_tail(&Tensor::zeros([1, 64, 32, 32], (Kind::Float, Device::Cpu)), 1, false).is_none());
 }
+
+#[test]
+fn preact_taps_are_repdistillers() {
+    tch::manual_seed(0);
+    let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let run = |name: &str| {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = (models::find(name).unwrap().build)(&vs.root(), CFG);
+        tch::no_grad(|| m.forward(&x, true))
+    };
+    // WRN: stage sums through the BN that follows them (train mode: per-channel batch mean 0); the
+    // last one, activated and pooled, is the pooled vector.
+    let out = run("wrn_16_1");
+    assert!(out.preact[0].equal(&out.feats[0]));
+    for i in 1..4 {
+        assert_eq!(out.preact[i].size(), out.feats[i].size());
+        let mean = out.preact[i].mean_dim([0i64, 2, 3].as_slice(), false, Kind::Float).abs().max().double_value(&[]);
+        assert!(mean < 1e-4, "wrn preact[{i}] is not batch-normalised: {mean}");
+        assert!(!out.preact[i].allclose(&out.feats[i], 1e-3, 1e-3, false), "wrn preact[{i}] == feats[{i}]");
+    }
+    assert!(out.preact[3].relu().mean_dim([2i64, 3].as_slice(), false, Kind::Float).allclose(&out.pooled, 1e-5, 1e-6, false));
+    // VGG, ResNet18/50, ShuffleV1/V2: the stem tap is the activated one, later taps are the sums
+    // before each stage's final ReLU.
+    for name in ["vgg8", "ResNet18", "ShuffleV1"] {
+        let out = run(name);
+        assert!(out.preact[0].equal(&out.feats[0]), "{name}: preact[0] != feats[0]");
+        for i in 1..out.feats.len() {
+            assert!(out.preact[i].relu().allclose(&out.feats[i], 1e-6, 1e-6, false), "{name}: relu(preact[{i}]) != feats[{i}]");
+            assert!(out.preact[i].min().double_value(&[]) < 0.0, "{name}: preact[{i}] has no negatives");
+        }
+    }
+}

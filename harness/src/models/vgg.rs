@@ -61,8 +61,10 @@ impl Model for Vgg {
                     h = h.relu();
                 }
             }
-            preact.push(h.shallow_clone());
+            let pre = h.shallow_clone();
             h = h.relu();
+            // As RepDistiller's `preact=True`: block0's tap is its activated output (f0).
+            preact.push(if b == 0 { h.shallow_clone() } else { pre });
             feats.push(h.shallow_clone());
         }
         let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);

@@ -1,6 +1,9 @@
 //! Wide ResNets of RepDistiller (`models/wrn.py`): pre-activation blocks, n = (depth−4)/6 per
 //! stage, widths [16, 16k, 32k, 64k], `convShortcut` only where channels change, final `bn1`,
-//! classifier `fc`. Stage features are the raw residual sums (no BN/ReLU), as RepDistiller's.
+//! classifier `fc`. Stage features are the raw residual sums (no BN/ReLU), as RepDistiller's; the
+//! pre-activation taps are, as its `preact=True`, those sums through the BN that follows them
+//! (`block2.layer.0.bn1`, `block3.layer.0.bn1`, final `bn1`), taken from the forward itself so
+//! BN statistics are updated once.
 
 use tch::{Tensor, nn, nn::Module};
 
@@ -34,15 +37,18 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let a = x.apply_t(&self.bn1, train).relu();
+    /// Returns (output, `bn1(x)`: the block's input after its first BN, before the ReLU).
+    fn forward(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let n = x.apply_t(&self.bn1, train);
+        let a = n.relu();
         let out = self.conv1.forward(&a).apply_t(&self.bn2, train).relu();
         let out = self.conv2.forward(&out);
-        match &self.shortcut {
+        let y = match &self.shortcut {
             // The official block feeds the activated input to the shortcut when channels change.
             Some(s) => s.forward(&a) + out,
             None => x + out,
-        }
+        };
+        (y, n)
     }
 }
 
@@ -69,21 +75,35 @@ impl Wrn {
             fc: nn::linear(p / "fc", w[3], c.num_classes, Default::default()),
         }
     }
+
+    /// Final BN (pre-activation tap), then ReLU, 8×8 average pooling and flattening.
+    fn pool(&self, h: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let n = h.apply_t(&self.bn1, train);
+        let pooled = n.relu().avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1);
+        (n, pooled)
+    }
 }
 
 impl Model for Wrn {
     fn forward(&self, x: &Tensor, train: bool) -> Output {
         let mut h = self.conv1.forward(x);
         let mut feats = vec![h.shallow_clone()];
-        for stage in &self.blocks {
-            for b in stage {
-                h = b.forward(&h, train);
+        let mut preact = vec![h.shallow_clone()];
+        for (s, stage) in self.blocks.iter().enumerate() {
+            for (i, b) in stage.iter().enumerate() {
+                let (o, n) = b.forward(&h, train);
+                // The first block's bn1 of stages 2 and 3 normalises the previous stage's output.
+                if i == 0 && s > 0 {
+                    preact.push(n);
+                }
+                h = o;
             }
             feats.push(h.shallow_clone());
         }
-        let pooled = h.apply_t(&self.bn1, train).relu().avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1);
+        let (n, pooled) = self.pool(&h, train);
+        preact.push(n);
         let logits = self.fc.forward(&pooled);
-        Output { logits, preact: feats.iter().map(Tensor::shallow_clone).collect(), feats, pooled }
+        Output { logits, feats, preact, pooled }
     }
 
     fn head(&self, pooled: &Tensor) -> Tensor {
@@ -93,8 +113,8 @@ impl Model for Wrn {
     fn forward_tail(&self, f: &Tensor, stage: usize, train: bool) -> Option<Tensor> {
         let mut h = f.shallow_clone();
         for b in self.blocks.get(stage..)?.iter().flatten() {
-            h = b.forward(&h, train);
+            h = b.forward(&h, train).0;
         }
-        Some(self.fc.forward(&h.apply_t(&self.bn1, train).relu().avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1)))
+        Some(self.fc.forward(&self.pool(&h, train).1))
     }
 }
