@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::sched::{self, Outcome};
 use crate::suite::{DataRef, Plan, Role, Suite};
-use crate::{data, distill, env, models, train};
+use crate::{data, distill, env, models, report, train};
 
 #[derive(Parser, Debug)]
 #[command(name = "harness", version, about = "Reproducible knowledge-distillation suites", long_about = None)]
@@ -23,6 +23,12 @@ pub enum Cmd {
     Plan(PlanArgs),
     /// Show each run's state: done, running, failed, diverged, pending or skipped, with reasons.
     Status(PlanArgs),
+    /// Aggregate a suite's results over seeds: Parquet frames, paper tables, plots, index.
+    Report(ReportArgs),
+    /// Compare a suite's results with a baseline; exit 1 on a regression, 2 on bad input.
+    Check(CheckArgs),
+    /// Freeze a suite's current results as a baseline TOML for `check`.
+    Baseline(BaselineArgs),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
     /// Dataset utilities.
@@ -94,6 +100,74 @@ pub struct PlanArgs {
     pub data: DataArgs,
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+}
+
+/// Which results a report reads: a suite file (its plan, pending runs included) or a
+/// `results/<suite>` directory (every run in it).
+#[derive(Args, Debug)]
+pub struct ResultsArgs {
+    /// Suite file (TOML) or a results directory `results/<suite>`.
+    pub suite: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Accuracy shown and checked: `best` (best epoch) or `last` (last epoch); default from
+    /// `[report].metric`, else `last`.
+    #[arg(long)]
+    pub metric: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub from: ResultsArgs,
+    /// Reports root; the report goes to <out>/<suite>/.
+    #[arg(long, default_value = "reports")]
+    pub out: PathBuf,
+    /// Row keys of the paper table, comma-separated (e.g. `method,param.tau`).
+    #[arg(long)]
+    pub rows: Option<String>,
+    /// Column keys (e.g. `pair`, `model`, `train.mixup_alpha`).
+    #[arg(long)]
+    pub cols: Option<String>,
+    /// Method every other method is compared against (Welch's t-test).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Tables and frames only.
+    #[arg(long)]
+    pub no_plots: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub from: ResultsArgs,
+    /// A baseline .toml (`harness baseline`), a runs.parquet (`harness report`), or `expected`
+    /// (the suite's published numbers).
+    #[arg(long)]
+    pub baseline: String,
+    /// Absolute tolerance in accuracy points (default: `[report].tolerance`, else k standard errors).
+    #[arg(long)]
+    pub tolerance: Option<f64>,
+    /// Tolerance in standard errors of the difference of means (default `[report].k_se`, else 2).
+    #[arg(long)]
+    pub k_se: Option<f64>,
+    /// Fewest seeds per side for a spread-derived tolerance (default `[report].min_seeds`, else 2).
+    #[arg(long)]
+    pub min_seeds: Option<usize>,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text")]
+    pub format: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BaselineArgs {
+    #[command(flatten)]
+    pub from: ResultsArgs,
+    /// Baseline file to write (TOML).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -171,6 +245,9 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Run(a) => run(a),
         Cmd::Plan(a) => plan_cmd(a),
         Cmd::Status(a) => status_cmd(a),
+        Cmd::Report(a) => report_cmd(a),
+        Cmd::Check(a) => check_cmd(a),
+        Cmd::Baseline(a) => baseline_cmd(a),
         Cmd::Eval(a) => eval(a),
         Cmd::Data { cmd: DataCmd::Synth { out, classes, train, test, seed, noise } } => {
             let dir = data::synth::write(&out, classes, train, test, seed, noise)?;
@@ -230,6 +307,110 @@ fn load_plan(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Sui
     let fp = data::fingerprint(info, &tr, &te);
     let plan = suite.expand(&DataRef { name: suite.dataset.clone(), fingerprint: fp })?;
     Ok((suite, plan, dir))
+}
+
+/// Loads the records a report works on, with the suite (when a suite file was given).
+fn load_report(a: &ResultsArgs) -> anyhow::Result<(Option<Suite>, crate::report::Report, report::Options)> {
+    let (suite, name, records) = if a.suite.is_dir() {
+        let (name, records) = report::load::from_dir(&a.suite)?;
+        (None, name, records)
+    } else {
+        let (suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+        let records = report::load::from_plan(&plan, &a.results)?;
+        (Some(suite), plan.suite, records)
+    };
+    let mut o = report::Options::default();
+    if let Some(s) = &suite {
+        let r = &s.report;
+        if let Some(m) = r.metric.as_deref().and_then(report::Metric::parse) {
+            o.metric = m;
+        }
+        if let Some(v) = &r.rows {
+            o.rows = v.clone();
+        }
+        if let Some(v) = &r.cols {
+            o.cols = v.clone();
+        }
+        o.baseline = r.baseline.clone();
+        o.alpha = r.alpha.unwrap_or(o.alpha);
+        o.expected_tolerance = r.expected_tolerance.unwrap_or(o.expected_tolerance);
+        o.gap_x = r.gap_x.clone().unwrap_or(o.gap_x);
+    }
+    if let Some(m) = &a.metric {
+        o.metric = report::Metric::parse(m).ok_or_else(|| crate::error::InputError::new(format!("--metric: expected `best` or `last`, found `{m}`")))?;
+    }
+    let rep = report::Report::build(&name, records)?;
+    Ok((suite, rep, o))
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
+}
+
+fn report_cmd(a: ReportArgs) -> anyhow::Result<i32> {
+    let (suite, rep, mut o) = load_report(&a.from)?;
+    if let Some(r) = &a.rows {
+        o.rows = list(r);
+    }
+    if let Some(c) = &a.cols {
+        o.cols = list(c);
+    }
+    if let Some(b) = &a.baseline {
+        if distill::find(b).is_none() {
+            crate::input_bail!("--baseline: unknown method `{b}`; see `harness methods`");
+        }
+        o.baseline = Some(b.clone());
+    }
+    o.plots = !a.no_plots;
+    let expected = suite.as_ref().map(|s| s.expected.clone()).unwrap_or_default();
+    let out = a.out.join(&rep.suite);
+    let written = report::write(&rep, &o, &expected, &out).map_err(|e| match (&suite, crate::error::is_input_error(&e)) {
+        (Some(s), true) => e.context(format!("{}", s.path().display())),
+        _ => e,
+    })?;
+    print!("{}", report::table::main(&rep, &o, &expected)?.markdown());
+    println!("\nwrote {} files to {} (open index.md or index.html)", written.files.len(), written.dir.display());
+    Ok(0)
+}
+
+fn check_cmd(a: CheckArgs) -> anyhow::Result<i32> {
+    let (suite, rep, o) = load_report(&a.from)?;
+    let r = suite.as_ref().map(|s| s.report.clone()).unwrap_or_default();
+    if let Some(t) = a.tolerance {
+        if !(t >= 0.0 && t.is_finite()) {
+            crate::input_bail!("--tolerance: expected points >= 0, found {t}");
+        }
+    }
+    let k_se = a.k_se.or(r.k_se).unwrap_or(2.0);
+    if !(k_se > 0.0 && k_se.is_finite()) {
+        crate::input_bail!("--k-se: expected a number > 0, found {k_se}");
+    }
+    let min_seeds = a.min_seeds.or(r.min_seeds).unwrap_or(2);
+    if min_seeds < 2 {
+        crate::input_bail!("--min-seeds: expected at least 2 (a spread needs two seeds), found {min_seeds}");
+    }
+    if a.format != "text" && a.format != "json" {
+        crate::input_bail!("--format: expected `text` or `json`, found `{}`", a.format);
+    }
+    let co =
+        report::check::CheckOptions { tolerance: a.tolerance.or(r.tolerance), k_se, min_seeds, metric: o.metric, expected_tolerance: o.expected_tolerance };
+    let expected = suite.as_ref().map(|s| s.expected.clone()).unwrap_or_default();
+    let out = report::check::check(&rep, &a.baseline, &expected, &co)?;
+    if a.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", out.text());
+    }
+    Ok(out.exit_code())
+}
+
+fn baseline_cmd(a: BaselineArgs) -> anyhow::Result<i32> {
+    let (_suite, rep, o) = load_report(&a.from)?;
+    let b = report::check::freeze(&rep, o.metric);
+    let text = format!("# harness baseline: `harness check <suite> --baseline {}`\n{}", a.out.display(), toml::to_string(&b)?);
+    crate::store::write_atomic(&a.out, text.as_bytes())?;
+    println!("wrote {} groups of {} ({}) to {}", b.groups.len(), b.suite, o.metric.describe(), a.out.display());
+    Ok(0)
 }
 
 fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {

@@ -10,6 +10,7 @@ pub mod distill;
 pub mod env;
 pub mod error;
 pub mod models;
+pub mod report;
 pub mod sched;
 pub mod store;
 pub mod suite;

@@ -34,6 +34,9 @@ pub struct Summary {
     /// Entropy / non-target mass / inter-class similarity of the final test predictions.
     #[serde(default)]
     pub output_stats: crate::distill::metrics::OutputStats,
+    /// Reliability-diagram bins (15) of the final test predictions.
+    #[serde(default)]
+    pub reliability: crate::distill::metrics::Reliability,
     /// Last- and best-epoch test top-1 of each online peer (DML cohort, SwitOKD teacher).
     #[serde(default)]
     pub peers_last_top1: Vec<f64>,

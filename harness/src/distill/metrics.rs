@@ -11,21 +11,46 @@ pub fn topk_accuracy(logits: &Tensor, labels: &Tensor, k: i64) -> f64 {
     hit.mean(Kind::Float).double_value(&[])
 }
 
-/// Expected calibration error, bins `(b/n, (b+1)/n]`, on T = 1 probabilities, as a fraction.
-pub fn ece(logits: &Tensor, labels: &Tensor, n_bins: i64) -> f64 {
-    let n = logits.size()[0];
-    if n == 0 {
-        return 0.0;
+/// Per-bin sums of a reliability diagram, bins `(b/n, (b+1)/n]` on T = 1 probabilities.
+/// Stored in `summary.json` so reports can draw the diagram and pool it over seeds.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Reliability {
+    pub count: Vec<u64>,
+    /// Σ confidence (max probability) of the samples in each bin.
+    pub conf_sum: Vec<f64>,
+    /// Number of correct predictions in each bin.
+    pub correct: Vec<f64>,
+}
+
+impl Reliability {
+    /// Expected calibration error, as a fraction: Σ_b |B_b|/n · |acc_b − conf_b| = Σ_b |Σacc − Σconf| / n
+    /// (empty bins contribute 0).
+    pub fn ece(&self) -> f64 {
+        let n: u64 = self.count.iter().sum();
+        if n == 0 {
+            return 0.0;
+        }
+        self.correct.iter().zip(&self.conf_sum).map(|(a, c)| (a - c).abs()).sum::<f64>() / n as f64
+    }
+}
+
+pub fn reliability(logits: &Tensor, labels: &Tensor, n_bins: i64) -> Reliability {
+    if logits.size()[0] == 0 {
+        return Reliability { count: vec![0; n_bins as usize], conf_sum: vec![0.0; n_bins as usize], correct: vec![0.0; n_bins as usize] };
     }
     let probs = logits.to_kind(Kind::Double).softmax(1, Kind::Double);
     let (conf, pred) = probs.max_dim(1, false);
     let acc = pred.eq_tensor(labels).to_kind(Kind::Double);
     let bin = (&conf * n_bins as f64).ceil().g_sub_scalar(1.0).clamp(0.0, (n_bins - 1) as f64).to_kind(Kind::Int64);
     let zeros = Tensor::zeros([n_bins], (Kind::Double, logits.device()));
-    let sum_conf = zeros.index_add(0, &bin, &conf);
-    let sum_acc = zeros.index_add(0, &bin, &acc);
-    // Σ_b |B_b|/n · |acc_b − conf_b| = Σ_b |Σacc − Σconf| / n; empty bins contribute 0.
-    ((sum_acc - sum_conf).abs().sum(Kind::Double) / n as f64).double_value(&[])
+    let vec = |t: Tensor| Vec::<f64>::try_from(t.to_device(tch::Device::Cpu)).unwrap_or_default();
+    let count = vec(zeros.index_add(0, &bin, &conf.ones_like())).into_iter().map(|c| c.round() as u64).collect();
+    Reliability { count, conf_sum: vec(zeros.index_add(0, &bin, &conf)), correct: vec(zeros.index_add(0, &bin, &acc)) }
+}
+
+/// Expected calibration error with `n_bins` bins, as a fraction.
+pub fn ece(logits: &Tensor, labels: &Tensor, n_bins: i64) -> f64 {
+    reliability(logits, labels, n_bins).ece()
 }
 
 /// Fraction of rows where student and teacher argmax agree (ties: first index, as torch).

@@ -48,6 +48,8 @@ pub struct Suite {
     pub axes: Vec<Axis>,
     /// Published results with their source (`[[expected]]`).
     pub expected: Vec<Expected>,
+    /// `[report]` layout and check settings.
+    pub report: ReportSpec,
     src: Source,
 }
 
@@ -119,7 +121,35 @@ impl Plan {
     }
 }
 
-const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid", "expected"];
+const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid", "expected", "report"];
+const REPORT_KEYS: &[&str] = &["rows", "cols", "metric", "baseline", "alpha", "tolerance", "k_se", "min_seeds", "expected_tolerance", "gap_x"];
+
+/// How `harness report` lays out the suite's tables and how `harness check` judges it
+/// (`[report]`); every key is optional. Column names are checked against the results at
+/// report time, since they include method parameters.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReportSpec {
+    /// Row keys of the paper table (default `["method"]`).
+    pub rows: Option<Vec<String>>,
+    /// Column keys (default `["pair"]`, i.e. teacher→student).
+    pub cols: Option<Vec<String>>,
+    /// `best` or `last` epoch top-1.
+    pub metric: Option<String>,
+    /// Method every other method is compared against per teacher/student pair.
+    pub baseline: Option<String>,
+    /// Significance level of the Welch tests.
+    pub alpha: Option<f64>,
+    /// `check`: absolute tolerance in accuracy points.
+    pub tolerance: Option<f64>,
+    /// `check`: tolerance in standard errors of the difference, when no absolute one is set.
+    pub k_se: Option<f64>,
+    /// `check`: fewest seeds per group for a spread-derived tolerance.
+    pub min_seeds: Option<usize>,
+    /// Largest |ours − published| (points) before a cell is marked.
+    pub expected_tolerance: Option<f64>,
+    /// x axis of the teacher-gap plot: `teacher_top1` or a numeric column such as `teacher.train.epochs`.
+    pub gap_x: Option<String>,
+}
 const EXPECTED_KEYS: &[&str] = &["teacher", "student", "method", "top1", "std", "metric", "source"];
 
 /// A published number the suite should reproduce (`[[expected]]`), for reports to compare against.
@@ -376,7 +406,8 @@ impl Suite {
         }
 
         let expected = parse_expected(&src)?;
-        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, src })
+        let report = parse_report(&src)?;
+        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, report, src })
     }
 
     /// The suite file this was read from.
@@ -724,6 +755,80 @@ impl Suite {
         let (runs, up) = self.chain_run(&links[..n - 1], at, point, data, info, how, exclusive)?;
         self.teacher_run(&links[n - 1], at, point, data, info, Some((runs, up, how.0.to_string(), how.1.clone())), false, exclusive, n)
     }
+}
+
+impl Suite {
+    /// An input error pointing at `[report].<field>` in the suite file.
+    pub fn report_error(&self, field: &str, msg: impl Into<String>) -> anyhow::Error {
+        input(self.src.error(&[key("report"), key(field)], msg.into()))
+    }
+}
+
+fn parse_report(src: &Source) -> anyhow::Result<ReportSpec> {
+    let Some(v) = src.table.get("report") else { return Ok(ReportSpec::default()) };
+    let p = vec![key("report")];
+    let t = v.as_table().ok_or_else(|| input(src.error(&p, format!("expected a table, found {}", type_name(v)))))?;
+    let at = |k: &str| [p.clone(), vec![key(k)]].concat();
+    for k in t.keys() {
+        if !REPORT_KEYS.contains(&k.as_str()) {
+            return Err(input(src.error(&at(k), unknown("key", k, REPORT_KEYS))));
+        }
+    }
+    let names = |k: &str| -> anyhow::Result<Option<Vec<String>>> {
+        match t.get(k) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(vec![s.clone()])),
+            Some(toml::Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|x| {
+                    x.as_str().map(str::to_string).ok_or_else(|| input(src.error(&at(k), format!("expected column names (strings), found {}", type_name(x)))))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map(Some),
+            Some(other) => Err(input(src.error(&at(k), format!("expected a column name or a non-empty array of them, found {}", type_name(other))))),
+        }
+    };
+    let num = |k: &str, lo: f64, hi: f64| -> anyhow::Result<Option<f64>> {
+        let x = match t.get(k) {
+            None => return Ok(None),
+            Some(toml::Value::Float(f)) => *f,
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(other) => return Err(input(src.error(&at(k), format!("expected a number, found {}", type_name(other))))),
+        };
+        if !(x > lo && x < hi) {
+            return Err(input(src.error(&at(k), format!("expected a number in ({lo}, {hi}), found {x}"))));
+        }
+        Ok(Some(x))
+    };
+    let metric = opt_str(src, t, &p, "metric")?;
+    if let Some(m) = &metric {
+        if m != "best" && m != "last" {
+            return Err(input(src.error(&at("metric"), unknown("metric", m, &["best", "last"]))));
+        }
+    }
+    let baseline = opt_str(src, t, &p, "baseline")?;
+    if let Some(b) = &baseline {
+        if distill::find(b).is_none() {
+            return Err(input(src.error(&at("baseline"), unknown("method", b, &distill::names()))));
+        }
+    }
+    let min_seeds = match t.get("min_seeds") {
+        None => None,
+        Some(toml::Value::Integer(i)) if *i >= 2 => Some(*i as usize),
+        Some(other) => return Err(input(src.error(&at("min_seeds"), format!("expected an integer >= 2, found {other}")))),
+    };
+    Ok(ReportSpec {
+        rows: names("rows")?,
+        cols: names("cols")?,
+        metric,
+        baseline,
+        alpha: num("alpha", 0.0, 1.0)?,
+        tolerance: num("tolerance", 0.0, f64::INFINITY)?,
+        k_se: num("k_se", 0.0, f64::INFINITY)?,
+        min_seeds,
+        expected_tolerance: num("expected_tolerance", 0.0, f64::INFINITY)?,
+        gap_x: opt_str(src, t, &p, "gap_x")?,
+    })
 }
 
 fn parse_expected(src: &Source) -> anyhow::Result<Vec<Expected>> {

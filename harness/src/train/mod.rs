@@ -338,6 +338,7 @@ pub fn train(
     let (mut best_top1, mut best_epoch) = (f64::NEG_INFINITY, 0u32);
     let mut last = Eval { loss: f64::NAN, top1: 0.0, top5: 0.0, ece: 0.0 };
     let mut stats_out = metrics::OutputStats::default();
+    let mut reliability = metrics::Reliability::default();
     let (mut agreement, mut pred_kl) = (None, None);
     let mut train_time = 0.0f64;
     let mut images = 0i64;
@@ -458,6 +459,7 @@ pub fn train(
         last = evaluate(&logits, &data.test_y);
         if epoch == r.epochs {
             stats_out = metrics::output_stats(&logits, &data.test_y.to_device(Device::Cpu));
+            reliability = metrics::reliability(&logits, &data.test_y.to_device(Device::Cpu), 15);
         }
         if let Some(tl) = &teacher_test {
             agreement = Some(metrics::agreement(&logits, tl));
@@ -554,6 +556,7 @@ pub fn train(
         pred_kl,
         teacher_top1,
         output_stats: stats_out,
+        reliability,
         peers_last_top1: peers_last,
         peers_best_top1: peers_best,
         param_count,

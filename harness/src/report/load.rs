@@ -1,0 +1,282 @@
+//! Reading runs back from the results store: one [`Record`] per run directory with its
+//! resolved config flattened into named cells, its state, summary and per-epoch metrics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::sched;
+use crate::store::{RunDir, Summary};
+use crate::suite::{ParamValue, Plan, PlannedRun, Role, RunSpec, TeacherRef};
+
+/// One typed value of a config or metric column.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    I(i64),
+    F(f64),
+    B(bool),
+    S(String),
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cell::I(i) => write!(f, "{i}"),
+            Cell::F(x) => write!(f, "{x}"),
+            Cell::B(b) => write!(f, "{b}"),
+            Cell::S(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl Cell {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Cell::I(i) => Some(*i as f64),
+            Cell::F(x) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
+/// A run as the report sees it.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub spec: RunSpec,
+    /// `done`, `running`, `failed`, `diverged`, `skipped` or `pending`.
+    pub state: String,
+    /// Why it is in that state (error message, progress), for the status table.
+    pub detail: String,
+    pub summary: Option<Summary>,
+    /// Seed-free identity: runs that differ only in their seed (and their teachers' seeds) share it.
+    pub group: String,
+    /// Config columns: `role`, `dataset`, `model`, `method`, `teacher`, `pair`, `seed`,
+    /// `train.*`, `param.*`, and the first suite-trained teacher's config as `teacher.*`.
+    pub config: BTreeMap<String, Cell>,
+    /// Provenance from `env.json` (commit, torch, device, threads, host).
+    pub env: BTreeMap<String, String>,
+    /// `metrics.csv`: header and rows (empty cells as `None`).
+    pub epochs: (Vec<String>, Vec<Vec<Option<f64>>>),
+}
+
+/// Accuracy-type summary fields in percent (KD papers report percent); the rest as stored.
+pub const METRICS: &[&str] = &[
+    "best_top1",
+    "last_top1",
+    "last_top5",
+    "last_ece",
+    "agreement",
+    "pred_kl",
+    "teacher_top1",
+    "best_epoch",
+    "param_count",
+    "wall_time_s",
+    "images_per_s",
+    "entropy",
+    "nontarget_mass",
+    "class_similarity",
+];
+
+impl Record {
+    /// Final metric by name (see [`METRICS`]); `None` when the run has not finished or the
+    /// metric does not apply (agreement of a teacher-free run).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let s = self.summary.as_ref()?;
+        let pct = |x: f64| x * 100.0;
+        match name {
+            "best_top1" => Some(pct(s.best_top1)),
+            "last_top1" => Some(pct(s.last_top1)),
+            "last_top5" => Some(pct(s.last_top5)),
+            "last_ece" => Some(pct(s.last_ece)),
+            "agreement" => s.agreement.map(pct),
+            "pred_kl" => s.pred_kl,
+            "teacher_top1" => s.teacher_top1.map(pct),
+            "best_epoch" => Some(s.best_epoch as f64),
+            "param_count" => Some(s.param_count as f64),
+            "wall_time_s" => Some(s.wall_time_s),
+            "images_per_s" => Some(s.images_per_s),
+            "entropy" => Some(s.output_stats.entropy),
+            "nontarget_mass" => Some(s.output_stats.nontarget_mass),
+            "class_similarity" => Some(s.output_stats.class_similarity),
+            _ => None,
+        }
+    }
+
+    /// A config cell rendered as text (`None` when the column does not apply to this run).
+    pub fn key(&self, col: &str) -> Option<String> {
+        self.config.get(col).map(|c| c.to_string())
+    }
+
+    /// The test top-1 curve (percent) from `metrics.csv`.
+    pub fn curve(&self) -> Vec<(u32, f64)> {
+        let (h, rows) = &self.epochs;
+        let (Some(e), Some(t)) = (h.iter().position(|c| c == "epoch"), h.iter().position(|c| c == "test_top1")) else { return vec![] };
+        rows.iter().filter_map(|r| Some((r.get(e).copied().flatten()? as u32, r.get(t).copied().flatten()? * 100.0))).collect()
+    }
+}
+
+/// Records of every run in a suite's plan, in plan order (pending runs included).
+pub fn from_plan(plan: &Plan, results: &Path) -> anyhow::Result<Vec<Record>> {
+    let specs: HashMap<String, RunSpec> = plan.runs.iter().map(|r| (r.spec.id.clone(), r.spec.clone())).collect();
+    let mut groups = HashMap::new();
+    (0..plan.runs.len()).map(|i| record(plan, results, i, &specs, &mut groups)).collect()
+}
+
+/// Records of every run directory under `<results>/<suite>/runs` (for reports without the suite file).
+pub fn from_dir(suite_dir: &Path) -> anyhow::Result<(String, Vec<Record>)> {
+    let runs = suite_dir.join("runs");
+    let suite = suite_dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let mut specs = Vec::new();
+    let entries = std::fs::read_dir(&runs).map_err(|e| crate::error::InputError::new(format!("{}: cannot read results: {e}", runs.display())))?;
+    for e in entries {
+        let e = e.with_context(|| format!("listing {}", runs.display()))?;
+        let dir = RunDir { path: e.path() };
+        if dir.config().is_file() {
+            specs.push(dir.read_spec()?);
+        }
+    }
+    // Teachers first, then by id: a stable order independent of the file system.
+    specs.sort_by(|a, b| (a.role != Role::Teacher, &a.id).cmp(&(b.role != Role::Teacher, &b.id)));
+    let plan = Plan {
+        suite: suite.clone(),
+        runs: specs
+            .into_iter()
+            .map(|spec| {
+                let deps = spec
+                    .teachers
+                    .iter()
+                    .filter_map(|t| match t {
+                        TeacherRef::Run { id, .. } => Some(id.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                PlannedRun { spec, deps }
+            })
+            .collect(),
+        points: 0,
+    };
+    let results = suite_dir.parent().unwrap_or(Path::new("."));
+    Ok((suite, from_plan(&plan, results)?))
+}
+
+fn record(plan: &Plan, results: &Path, i: usize, specs: &HashMap<String, RunSpec>, groups: &mut HashMap<String, String>) -> anyhow::Result<Record> {
+    let spec = plan.runs[i].spec.clone();
+    let dir = RunDir::new(results, &plan.suite, &spec.id);
+    let (state, detail) = sched::state_of(plan, results, i);
+    let summary = if state == "done" { Some(dir.read_summary()?) } else { None };
+    let mut config = flatten(&spec);
+    if let Some(TeacherRef::Run { id, .. }) = spec.teachers.first() {
+        let teacher = specs.get(id).cloned().or_else(|| RunDir::new(results, &plan.suite, id).read_spec().ok());
+        if let Some(t) = teacher {
+            for (k, v) in flatten(&t) {
+                if !matches!(k.as_str(), "role" | "pair" | "dataset") {
+                    config.insert(format!("teacher.{k}"), v);
+                }
+            }
+        }
+    }
+    let env = crate::store::read_json::<serde_json::Value>(&dir.env())
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .map(|o| {
+            o.into_iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let epochs = if dir.metrics().is_file() { read_metrics(&dir.metrics())? } else { (vec![], vec![]) };
+    let group = group_of(&spec, specs, results, &plan.suite, groups);
+    Ok(Record { spec, state, detail, summary, group, config, env, epochs })
+}
+
+/// `metrics.csv` as numbers; non-numeric cells (none are written today) become `None`.
+fn read_metrics(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<Option<f64>>>)> {
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let header: Vec<String> = r.headers().with_context(|| format!("reading {}", path.display()))?.iter().map(str::to_string).collect();
+    let mut rows = Vec::new();
+    for rec in r.records() {
+        let rec = rec.with_context(|| format!("reading {}", path.display()))?;
+        rows.push(rec.iter().map(|c| c.parse::<f64>().ok()).collect());
+    }
+    Ok((header, rows))
+}
+
+/// The resolved config as named cells. Recipe fields come through serde so a new recipe key
+/// becomes a column without touching this code.
+pub fn flatten(spec: &RunSpec) -> BTreeMap<String, Cell> {
+    let mut m = BTreeMap::new();
+    let role = if spec.role == Role::Teacher { "teacher" } else { "student" };
+    m.insert("role".into(), Cell::S(role.into()));
+    m.insert("dataset".into(), Cell::S(spec.dataset.name.clone()));
+    m.insert("model".into(), Cell::S(spec.model.clone()));
+    m.insert("method".into(), Cell::S(spec.method.clone()));
+    m.insert("seed".into(), Cell::I(spec.seed as i64));
+    m.insert("teacher".into(), Cell::S(spec.teacher_models()));
+    m.insert("pair".into(), Cell::S(pair(spec)));
+    m.insert("peers".into(), Cell::S(spec.peers.join("+")));
+    if let Ok(serde_json::Value::Object(o)) = serde_json::to_value(&spec.train) {
+        for (k, v) in o {
+            let c = match v {
+                serde_json::Value::Bool(b) => Cell::B(b),
+                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Cell::I(n.as_i64().unwrap_or(i64::MAX)),
+                serde_json::Value::Number(n) => Cell::F(n.as_f64().unwrap_or(f64::NAN)),
+                serde_json::Value::String(s) => Cell::S(s),
+                serde_json::Value::Array(a) => Cell::S(a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")),
+                other => Cell::S(other.to_string()),
+            };
+            m.insert(format!("train.{k}"), c);
+        }
+    }
+    for (k, v) in &spec.params {
+        let c = match v {
+            ParamValue::Bool(b) => Cell::B(*b),
+            ParamValue::Int(i) => Cell::I(*i),
+            ParamValue::Float(f) => Cell::F(*f),
+            ParamValue::Str(s) => Cell::S(s.to_string()),
+        };
+        m.insert(format!("param.{k}"), c);
+    }
+    m
+}
+
+/// `teacher→student`, or the student alone for teacher-free runs.
+pub fn pair(spec: &RunSpec) -> String {
+    if spec.teachers.is_empty() { spec.model.clone() } else { format!("{}→{}", spec.teacher_models(), spec.model) }
+}
+
+/// Seed-free identity of a run: its canonical config without id, seed and bookkeeping, with
+/// each suite-trained teacher replaced by the teacher's own group (so students of teachers
+/// that differ only in seed land in one group).
+fn group_of(spec: &RunSpec, specs: &HashMap<String, RunSpec>, results: &Path, suite: &str, memo: &mut HashMap<String, String>) -> String {
+    if let Some(g) = memo.get(&spec.id) {
+        return g.clone();
+    }
+    let teachers: Vec<serde_json::Value> = spec
+        .teachers
+        .iter()
+        .map(|t| match t {
+            TeacherRef::Run { id, model } => {
+                let t = specs.get(id).cloned().or_else(|| RunDir::new(results, suite, id).read_spec().ok());
+                match t {
+                    Some(t) => serde_json::json!({"group": group_of(&t, specs, results, suite, memo)}),
+                    None => serde_json::json!({"run": id, "model": model}),
+                }
+            }
+            TeacherRef::Checkpoint { model, hash, .. } => serde_json::json!({"checkpoint": hash, "model": model}),
+        })
+        .collect();
+    let view = serde_json::json!({
+        "dataset": spec.dataset,
+        "model": spec.model,
+        "method": spec.method,
+        "params": spec.params,
+        "train": spec.train,
+        "teachers": teachers,
+        "peers": spec.peers,
+    });
+    let g = blake3::hash(view.to_string().as_bytes()).to_hex()[..12].to_string();
+    memo.insert(spec.id.clone(), g.clone());
+    g
+}
