@@ -288,6 +288,9 @@ fn shipped_suites_validate_and_plan() {
         let o = harness(&["plan", p.to_str().unwrap(), "--data-dir", "synth"], dir.path());
         assert!(o.status.success(), "{}: {}", p.display(), text(&o));
         seen += 1;
+        // The report of a suite with nothing run yet: its [report] columns exist, every run pending.
+        let r = harness(&["report", p.to_str().unwrap(), "--data-dir", "synth", "--no-plots"], dir.path());
+        assert!(r.status.success(), "{}: {}", p.display(), text(&r));
         if p.file_name().unwrap() == "cifar100.toml" {
             // 6 teachers; ce students deduplicate per student model (9 models x 5 seeds);
             // 11 pairs x 4 distillation methods x 5 seeds.

@@ -126,6 +126,13 @@ fn a_diverging_run_is_marked_diverged_with_its_epoch() {
     assert!(t.contains("DIVERGED") && !t.contains("retry"), "diverged runs are not retried:\n{t}");
     let o = harness(&["status", &s, "--results", "r"], dir.path());
     assert!(text(&o).contains("diverged") && text(&o).contains("at epoch 1"), "{}", text(&o));
+    // The report shows the diverged run (and its skipped students) instead of dropping them.
+    let o = harness(&["report", &s, "--results", "r", "--out", "reports"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let status = std::fs::read_to_string(dir.path().join("reports/s/tables/status.md")).unwrap();
+    assert!(status.contains("| diverged |") && status.contains("at epoch 1"), "{status}");
+    let main = std::fs::read_to_string(dir.path().join("reports/s/tables/main.md")).unwrap();
+    assert!(main.contains("pending") || main.contains("failed"), "{main}");
 }
 
 fn wait_for(p: &Path, secs: u64) -> bool {

@@ -166,21 +166,28 @@ fn slug(s: &str) -> String {
     s.trim_matches('_').to_string()
 }
 
-/// Series label of a group inside its pair's plot: method and parameters.
-fn short(r: &Report, g: &Group) -> String {
-    let s = &r.head(g).spec;
-    let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut l = s.method.clone();
-    if s.teachers.is_empty() && !matches!(s.method.as_str(), "ce" | "ls") {
-        l.push_str(" (no teacher)");
-    }
-    if !params.is_empty() {
-        l.push_str(&format!(" {}", params.join(" ")));
-    }
-    if s.train.mixup_alpha > 0.0 {
-        l.push_str(&format!(" mixup {}", s.train.mixup_alpha));
-    }
-    l
+/// Series labels of a pair's groups: method and parameters, plus every other config key whose
+/// value differs among them (a label-smoothed teacher, mixup, a teacher's epochs...), so two
+/// series never share a label.
+fn labels(r: &Report, groups: &[&Group]) -> Vec<String> {
+    let shown = |k: &str| k.starts_with("param.") || matches!(k, "method" | "seed" | "teacher.seed" | "role" | "pair" | "teacher" | "model");
+    let keys: std::collections::BTreeSet<&String> = groups.iter().flat_map(|g| r.head(g).config.keys()).collect();
+    let varying: Vec<&String> = keys.into_iter().filter(|k| !shown(k) && groups.iter().any(|g| r.head(g).key(k) != r.head(groups[0]).key(k))).collect();
+    groups
+        .iter()
+        .map(|g| {
+            let h = r.head(g);
+            let mut l = h.spec.method.clone();
+            let params: Vec<String> = h.spec.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if !params.is_empty() {
+                l.push_str(&format!(" {}", params.join(" ")));
+            }
+            for k in &varying {
+                l.push_str(&format!(" {k}={}", h.key(k).unwrap_or_else(|| "-".into())));
+            }
+            l
+        })
+        .collect()
 }
 
 /// Student groups by teacher→student pair; teacher-free groups join each pair of their student.
@@ -242,13 +249,15 @@ pub fn all(r: &Report, o: &Options, dir: &Path) -> anyhow::Result<Vec<Plot>> {
     let mut out = Vec::new();
     let metric = o.metric.column();
     for (pair, groups) in by_pair(r) {
+        let names = labels(r, &groups);
         // Learning curves.
         let series: Vec<Series> = groups
             .iter()
-            .map(|g| {
+            .zip(&names)
+            .map(|(g, name)| {
                 let c = curve(r, g);
                 Series {
-                    name: short(r, g),
+                    name: name.clone(),
                     points: c.iter().map(|&(e, m, _)| (e, m)).collect(),
                     band: Some(c.iter().map(|&(e, m, s)| (e, m - s, m + s)).collect()),
                     ..Default::default()
@@ -270,14 +279,15 @@ pub fn all(r: &Report, o: &Options, dir: &Path) -> anyhow::Result<Vec<Plot>> {
             out.push(render(&chart, &dir.join(format!("curves_{}", slug(&pair))))?);
         }
         // Bars with error bars.
-        let bars: Vec<(String, f64, Option<f64>)> = groups.iter().filter_map(|g| g.stats.get(metric).map(|s| (short(r, g), s.mean, s.std))).collect();
+        let bars: Vec<(String, f64, Option<f64>)> =
+            groups.iter().zip(&names).filter_map(|(g, name)| g.stats.get(metric).map(|s| (name.clone(), s.mean, s.std))).collect();
         if !bars.is_empty() {
             let chart = Chart::Bars { title: format!("{pair}: {} (error bars: std over seeds)", o.metric.describe()), y: o.metric.describe().into(), bars };
             out.push(render(&chart, &dir.join(format!("bars_{}", slug(&pair))))?);
         }
         // Reliability diagram: pooled bins of each group's finished seeds.
         let mut rel = Vec::new();
-        for g in &groups {
+        for (g, name) in groups.iter().zip(&names) {
             let mut count = vec![0u64; 0];
             let (mut conf, mut correct) = (Vec::new(), Vec::new());
             for &i in &g.members {
@@ -299,7 +309,7 @@ pub fn all(r: &Report, o: &Options, dir: &Path) -> anyhow::Result<Vec<Plot>> {
             }
             let pts: Vec<(f64, f64)> = (0..count.len()).filter(|&k| count[k] > 0).map(|k| (conf[k] / count[k] as f64, correct[k] / count[k] as f64)).collect();
             if !pts.is_empty() {
-                rel.push(Series { name: short(r, g), err: vec![None; pts.len()], points: pts, ..Default::default() });
+                rel.push(Series { name: name.clone(), err: vec![None; pts.len()], points: pts, ..Default::default() });
             }
         }
         if !rel.is_empty() {

@@ -157,7 +157,10 @@ pub fn main(r: &Report, o: &Options, expected: &[Expected]) -> anyhow::Result<Ta
     }
     let val = |g: &Group, k: &str| r.head(g).key(k).unwrap_or_else(|| "-".into());
     // Columns: the values of `cols`; teacher-free groups join every pair column of their student.
-    let col_of = |g: &Group| o.cols.iter().map(|k| val(g, k)).collect::<Vec<_>>().join(" / ");
+    let col_of = |g: &Group| {
+        let parts: Vec<String> = o.cols.iter().map(|k| if k == "pair" || k == "model" { val(g, k) } else { format!("{k}={}", val(g, k)) }).collect();
+        parts.join(" / ")
+    };
     let mut columns: Vec<String> = Vec::new();
     for g in &students {
         if by_pair && r.head(g).spec.teachers.is_empty() {
