@@ -262,14 +262,6 @@ fn a_takd_chain_trains_the_assistant_before_the_student() {
     assert!(json(&ta_dir.join("summary.json"))["agreement"].is_number());
 }
 
-/// The venv python the setup script installs (none when the user brings their own LIBTORCH).
-fn venv_python() -> Option<PathBuf> {
-    let home =
-        std::env::var_os("KD_HARNESS_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kd-harness")))?;
-    let p = home.join("venv/bin/python");
-    p.is_file().then_some(p)
-}
-
 #[test]
 fn a_pytorch_checkpoint_converts_and_loads_as_a_teacher() {
     let Some(py) = venv_python() else {
@@ -283,21 +275,25 @@ fn a_pytorch_checkpoint_converts_and_loads_as_a_teacher() {
     let _ = (harness::models::find("resnet8").unwrap().build)(&vs.root(), harness::models::ModelCfg { in_channels: 3, num_classes: 10 });
     harness::models::checkpoint::save_atomic(&vs, &dir.path().join("orig.safetensors")).unwrap();
     let make = r#"
-import json, struct, sys, torch
-raw = open(sys.argv[1], 'rb').read()
-n = struct.unpack('<Q', raw[:8])[0]
-hdr = json.loads(raw[8:8 + n])
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+import st
 sd = {}
-for k, v in hdr.items():
-    if k == '__metadata__':
-        continue
-    a, b = v['data_offsets']
-    sd['module.' + k] = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=torch.float32).reshape(v['shape']).clone()
+for k, v in st.load(sys.argv[1]).items():
+    sd['module.' + k] = v
     if k.endswith('running_var'):
         sd['module.' + k[:-len('running_var')] + 'num_batches_tracked'] = torch.tensor(7)
 torch.save({'model': sd, 'epoch': 240, 'best_acc': torch.tensor(70.0)}, sys.argv[2])
 "#;
-    let st = std::process::Command::new(&py).arg("-c").arg(make).arg(dir.path().join("orig.safetensors")).arg(dir.path().join("ckpt.pth")).status().unwrap();
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference");
+    let st = std::process::Command::new(&py)
+        .arg("-c")
+        .arg(make)
+        .arg(dir.path().join("orig.safetensors"))
+        .arg(dir.path().join("ckpt.pth"))
+        .arg(&reference)
+        .status()
+        .unwrap();
     assert!(st.success());
     let conv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pth_to_safetensors.py");
     let o = std::process::Command::new(&py).arg(&conv).arg(dir.path().join("ckpt.pth")).arg(dir.path().join("conv.safetensors")).output().unwrap();

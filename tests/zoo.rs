@@ -1,6 +1,8 @@
 //! The CIFAR model zoo: parameter counts and state-dict names of the RepDistiller/mdistiller
 //! definitions (anchors.md §4), forward shapes and the feature taps every model exposes.
 
+mod common;
+
 use harness::models::{self, ModelCfg};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -163,6 +165,107 @@ fn preact_taps_are_repdistillers() {
         for i in 1..out.feats.len() {
             assert!(out.preact[i].relu().allclose(&out.feats[i], 1e-6, 1e-6, false), "{name}: relu(preact[{i}]) != feats[{i}]");
             assert!(out.preact[i].min().double_value(&[]) < 0.0, "{name}: preact[{i}] has no negatives");
+        }
+    }
+}
+
+/// Same weights and input → the same logits, pooled vector and feature taps (post- and
+/// pre-activation) as independent PyTorch definitions of the architectures
+/// (scripts/reference/models.py), BN in eval mode with non-trivial statistics.
+#[test]
+fn forward_matches_pytorch_reference_definitions() {
+    let Some(py) = common::venv_python() else {
+        eprintln!("SKIPPED: no ~/.cache/kd-harness/venv python (LIBTORCH set by the user); the reference needs torch");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/forward.py");
+    let names = [
+        "resnet8",
+        "resnet20",
+        "resnet8x4",
+        "resnet32x4",
+        "wrn_16_1",
+        "wrn_40_2",
+        "vgg8",
+        "vgg13",
+        "MobileNetV2",
+        "ShuffleV1",
+        "ShuffleV2",
+        "ResNet18",
+        "ResNet50",
+    ];
+    tch::manual_seed(7);
+    let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let xp = dir.path().join("x.safetensors");
+    Tensor::write_safetensors(&[("x", &x)], &xp).unwrap();
+    for name in names {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = (models::find(name).unwrap().build)(&vs.root(), ModelCfg { in_channels: 3, num_classes: 100 });
+        tch::no_grad(|| {
+            for (k, mut v) in vs.variables() {
+                let r = Tensor::rand_like(&v);
+                if k.ends_with("running_var")
+                    || (k.contains("bn") || k.contains("conv.1") || k.contains("conv.4") || k.contains("conv.7")) && k.ends_with("weight") && v.dim() == 1
+                {
+                    v.copy_(&(r * 1.0 + 0.5));
+                } else if k.ends_with("running_mean") || (v.dim() == 1 && k.ends_with("bias")) {
+                    v.copy_(&((r - 0.5) * 0.2));
+                }
+            }
+        });
+        let wp = dir.path().join(format!("{name}.safetensors"));
+        models::checkpoint::save_atomic(&vs, &wp).unwrap();
+        let op = dir.path().join(format!("{name}.out.safetensors"));
+        let o = std::process::Command::new(&py).arg(&script).args([name, "100"]).arg(&wp).arg(&xp).arg(&op).output().unwrap();
+        assert!(o.status.success(), "{name}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let want: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&op).unwrap().into_iter().collect();
+        let out = tch::no_grad(|| m.forward(&x, false));
+        let check = |what: &str, got: &Tensor, want: &Tensor| {
+            assert_eq!(got.size(), want.size(), "{name} {what}: shape");
+            let scale = 1.0 + want.abs().max().double_value(&[]);
+            let err = (got - want).abs().max().double_value(&[]);
+            assert!(err <= 1e-4 * scale, "{name} {what}: max |Δ| = {err} (scale {scale})");
+        };
+        check("logits", &out.logits, &want["logits"]);
+        check("pooled", &out.pooled, &want["pooled"]);
+        assert_eq!(out.feats.len(), want.keys().filter(|k| k.starts_with("feat.")).count(), "{name}: number of feature taps");
+        for (i, f) in out.feats.iter().enumerate() {
+            check(&format!("feat.{i}"), f, &want[&format!("feat.{i}")]);
+        }
+        for (i, f) in out.preact.iter().enumerate() {
+            check(&format!("preact.{i}"), f, &want[&format!("preact.{i}")]);
+        }
+    }
+}
+
+/// Channels-last weights and inputs compute the same function as NCHW, and checkpoints written
+/// from channels-last weights hold PyTorch's NCHW layout (bit-identical values).
+#[test]
+fn channels_last_matches_nchw_and_saves_nchw() {
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(3);
+    let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    for name in ["resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet18"] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = (models::find(name).unwrap().build)(&vs.root(), ModelCfg { in_channels: 3, num_classes: 100 });
+        let before: std::collections::HashMap<String, Tensor> = vs.variables().into_iter().map(|(k, v)| (k, v.copy())).collect();
+        let nchw = tch::no_grad(|| m.forward(&x, false));
+        models::vs_channels_last(&vs);
+        for (k, v) in vs.variables().into_iter().filter(|(_, v)| v.dim() == 4) {
+            // Channels-last: the channel dimension is innermost (stride 1).
+            assert!(v.stride()[1] == 1 || v.size()[1] == 1, "{name}: {k} is not channels-last: strides {:?}", v.stride());
+        }
+        let cl = tch::no_grad(|| m.forward(&models::to_channels_last(&x), false));
+        let err = (&cl.logits - &nchw.logits).abs().max().double_value(&[]);
+        assert!(err <= 1e-4 * (1.0 + nchw.logits.abs().max().double_value(&[])), "{name}: logits differ by {err}");
+        for (a, b) in cl.feats.iter().zip(&nchw.feats) {
+            assert!((a - b).abs().max().double_value(&[]) <= 1e-4 * (1.0 + b.abs().max().double_value(&[])), "{name}: feature taps differ");
+        }
+        let p = dir.path().join(format!("{name}.safetensors"));
+        models::checkpoint::save_atomic(&vs, &p).unwrap();
+        for (k, t) in Tensor::read_safetensors(&p).unwrap() {
+            assert!(t.is_contiguous() && t.equal(&before[&k]), "{name}: {k} not saved as the NCHW original");
         }
     }
 }

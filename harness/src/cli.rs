@@ -29,6 +29,9 @@ pub enum Cmd {
     Check(CheckArgs),
     /// Freeze a suite's current results as a baseline TOML for `check`.
     Baseline(BaselineArgs),
+    /// Time the KD training step (resnet32x4 → resnet8x4 by default) against a PyTorch eager
+    /// reference of the same step, side by side.
+    Bench(BenchArgs),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
     /// Dataset utilities.
@@ -171,6 +174,47 @@ pub struct BaselineArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "resnet32x4")]
+    pub teacher: String,
+    #[arg(long, default_value = "resnet8x4")]
+    pub student: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch: i64,
+    /// Timed steps per measurement (after the warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Rounds, each measuring harness and reference alternately; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Intra-op threads for both sides (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// DataLoader workers of the PyTorch reference.
+    #[arg(long, default_value_t = 0)]
+    pub ref_workers: usize,
+    /// Python with torch 2.11 for the reference (default: the setup script's venv).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Measure the harness alone.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Harness side in NCHW layout (default: channels-last, as training, unless
+    /// KD_HARNESS_CHANNELS_LAST=0).
+    #[arg(long)]
+    pub nchw: bool,
+    /// Synthetic CIFAR-100 training images to draw batches from.
+    #[arg(long, default_value_t = 2560)]
+    pub images: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Model name from `harness models`.
     #[arg(long)]
@@ -248,6 +292,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Report(a) => report_cmd(a),
         Cmd::Check(a) => check_cmd(a),
         Cmd::Baseline(a) => baseline_cmd(a),
+        Cmd::Bench(a) => bench_cmd(a),
         Cmd::Eval(a) => eval(a),
         Cmd::Data { cmd: DataCmd::Synth { out, classes, train, test, seed, noise } } => {
             let dir = data::synth::write(&out, classes, train, test, seed, noise)?;
@@ -410,6 +455,71 @@ fn baseline_cmd(a: BaselineArgs) -> anyhow::Result<i32> {
     let text = format!("# harness baseline: `harness check <suite> --baseline {}`\n{}", a.out.display(), toml::to_string(&b)?);
     crate::store::write_atomic(&a.out, text.as_bytes())?;
     println!("wrote {} groups of {} ({}) to {}", b.groups.len(), b.suite, o.metric.describe(), a.out.display());
+    Ok(0)
+}
+
+fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
+    for (flag, v) in [("--batch", a.batch), ("--images", a.images), ("--steps", a.steps as i64), ("--rounds", a.rounds as i64)] {
+        if v < 1 {
+            crate::input_bail!("{flag}: expected an integer >= 1, found {v}");
+        }
+    }
+    if a.images < a.batch {
+        crate::input_bail!("--images {}: expected at least one batch ({})", a.images, a.batch);
+    }
+    for m in [&a.teacher, &a.student] {
+        if models::find(m).is_none() {
+            crate::input_bail!("unknown model `{m}`; allowed: {}", models::names().join(", "));
+        }
+    }
+    let device = env::parse_device(&a.device)?;
+    let python = if a.no_reference {
+        None
+    } else {
+        let p = a.python.clone().or_else(|| {
+            let home = std::env::var_os("KD_HARNESS_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kd-harness")))?;
+            Some(home.join("venv/bin/python"))
+        });
+        match p {
+            Some(p) if p.is_file() => Some(p),
+            Some(p) => crate::input_bail!("--python {}: not found; pass --python PATH (a python with torch 2.11) or --no-reference", p.display()),
+            None => crate::input_bail!("no python for the reference; pass --python PATH or --no-reference"),
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("kd-harness-bench-{}", std::process::id()));
+    data::synth::write(&dir, 100, a.images, 100, 0, 40.0)?;
+    let result = (|| {
+        let data = data::Dataset::load("cifar100", &dir, device)?;
+        let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1));
+        let o = train::bench::BenchOpts {
+            teacher: a.teacher.clone(),
+            student: a.student.clone(),
+            batch: a.batch,
+            steps: a.steps,
+            warmup: a.warmup,
+            rounds: a.rounds,
+            threads,
+            ref_workers: a.ref_workers,
+            channels_last: !a.nchw && env::channels_last(),
+            device,
+            python,
+        };
+        let quiet = a.json;
+        train::bench::run(&o, &data, &dir, &mut |msg| {
+            if !quiet {
+                eprintln!("{msg}");
+            }
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = result?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", r.text());
+    }
     Ok(0)
 }
 

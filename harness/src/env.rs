@@ -14,6 +14,14 @@ pub struct Provenance {
     pub device: String,
     pub threads: i32,
     pub hostname: String,
+    /// Convolutions ran channels-last (`KD_HARNESS_CHANNELS_LAST`, default on). Like the thread
+    /// count it changes float summation order, not the computation, so it is not part of run ids.
+    pub channels_last: bool,
+}
+
+/// Whether training runs convolutions channels-last: on unless `KD_HARNESS_CHANNELS_LAST=0`.
+pub fn channels_last() -> bool {
+    std::env::var("KD_HARNESS_CHANNELS_LAST").map(|v| v.trim() != "0").unwrap_or(true)
 }
 
 pub fn harness_version() -> &'static str {
@@ -123,6 +131,7 @@ impl Provenance {
             device: device_name(device),
             threads: tch::get_num_threads(),
             hostname: crate::store::hostname(),
+            channels_last: channels_last(),
         }
     }
 }

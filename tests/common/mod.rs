@@ -33,3 +33,12 @@ pub fn metrics_without_timing(p: &Path) -> Vec<Vec<String>> {
     }
     rows
 }
+
+/// The venv python the setup script installs (none when the user brings their own LIBTORCH).
+pub fn venv_python() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("KD_HARNESS_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/kd-harness")))?;
+    let p = home.join("venv/bin/python");
+    p.is_file().then_some(p)
+}

@@ -60,7 +60,11 @@ pub fn load_strict(vs: &mut nn::VarStore, path: &Path, model: &str) -> anyhow::R
 pub fn save_atomic(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().ok_or_else(|| anyhow::anyhow!("{}: no parent directory", path.display()))?;
     let tmp = dir.join(format!(".tmp.{}.safetensors", std::process::id()));
-    vs.save(&tmp).map_err(|e| anyhow::anyhow!("saving {}: {e}", tmp.display()))?;
+    // Contiguous (NCHW) copies: weights may live channels-last in training, and the file must
+    // hold PyTorch's default layout.
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t.contiguous())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&named, &tmp).map_err(|e| anyhow::anyhow!("saving {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("renaming to {}: {e}", path.display()))?;
     Ok(())
 }

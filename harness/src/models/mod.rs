@@ -132,3 +132,24 @@ pub fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64)
 pub fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     nn::batch_norm2d(p, c, nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() })
 }
+
+/// The same NCHW tensor stored channels-last (NHWC strides, PyTorch's `channels_last`); other
+/// ranks unchanged. Convolutions given channels-last inputs and weights run oneDNN's NHWC
+/// kernels and keep the layout through BN, ReLU and additions.
+pub fn to_channels_last(t: &Tensor) -> Tensor {
+    if t.dim() == 4 { t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]) } else { t.shallow_clone() }
+}
+
+/// Re-lays every 4-D variable (conv weights) of a VarStore channels-last, in place: the model's
+/// modules share the variables, so they see the new layout. Call before creating the optimiser
+/// so its buffers follow the same layout.
+pub fn vs_channels_last(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            if v.dim() == 4 {
+                let cl = to_channels_last(&v);
+                v.set_data(&cl);
+            }
+        }
+    });
+}

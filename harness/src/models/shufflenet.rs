@@ -23,7 +23,8 @@ fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn:
 /// `[N, C, H, W] → view(N, g, C/g, H, W) → swap(1, 2) → [N, C, H, W]`.
 fn shuffle(x: &Tensor, g: i64) -> Tensor {
     let s = x.size();
-    x.view([s[0], g, s[1] / g, s[2], s[3]]).transpose(1, 2).contiguous().view([s[0], s[1], s[2], s[3]])
+    // reshape, not view: a channels-last input has no NCHW-compatible strides.
+    x.reshape([s[0], g, s[1] / g, s[2], s[3]]).transpose(1, 2).reshape([s[0], s[1], s[2], s[3]])
 }
 
 struct V1Unit {

@@ -9,6 +9,7 @@
 //! counters are saved (`resume-e<N>.safetensors` + `resume.json`, atomically, keeping the last good
 //! pair); a restarted run continues after the last completed epoch with identical results.
 
+pub mod bench;
 pub mod sgd;
 
 use std::io::Write;
@@ -53,8 +54,14 @@ pub fn build(name: &str, data: &Dataset, device: Device) -> anyhow::Result<Net> 
 /// Test-set logits in dataset order (eval mode, no-grad), on the CPU as float32.
 pub fn test_logits(model: &dyn Model, data: &Dataset) -> Tensor {
     tch::no_grad(|| {
-        let parts: Vec<Tensor> =
-            data.test_batches(EVAL_BATCH).map(|(x, _)| model.forward(&x, false).logits.to_device(Device::Cpu).to_kind(Kind::Float)).collect();
+        let cl = crate::env::channels_last();
+        let parts: Vec<Tensor> = data
+            .test_batches(EVAL_BATCH)
+            .map(|(x, _)| {
+                let x = if cl { models::to_channels_last(&x) } else { x };
+                model.forward(&x, false).logits.to_device(Device::Cpu).to_kind(Kind::Float)
+            })
+            .collect();
         Tensor::cat(&parts, 0)
     })
 }
@@ -238,8 +245,9 @@ fn load_resume(run: &RunDir, spec: &RunSpec, stores: &[(String, &nn::VarStore)],
 }
 
 fn save_resume(run: &RunDir, stores: &[(String, &nn::VarStore)], opt: &sgd::Sgd, st: &ResumeState) -> anyhow::Result<()> {
-    let mut named: Vec<(String, Tensor)> = stores.iter().flat_map(|(p, vs)| vs.variables().into_iter().map(move |(n, t)| (format!("{p}{n}"), t))).collect();
-    named.extend(opt.state());
+    let mut named: Vec<(String, Tensor)> =
+        stores.iter().flat_map(|(p, vs)| vs.variables().into_iter().map(move |(n, t)| (format!("{p}{n}"), t.contiguous()))).collect();
+    named.extend(opt.state().into_iter().map(|(n, t)| (n, t.contiguous())));
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let tmp = run.path.join(format!(".{}.tmp.safetensors", st.file));
     Tensor::write_safetensors(&named, &tmp).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
@@ -311,6 +319,14 @@ pub fn train(
         distiller.init_modules(&aux.root(), &s, &t)?;
     }
     let peer_scale = distiller.peer_lr().unwrap_or(1.0);
+    // Channels-last convolutions (faster oneDNN/cuDNN kernels); before the optimiser exists, so
+    // its buffers take the same layout. Files are always written in PyTorch's NCHW layout.
+    let channels_last = crate::env::channels_last();
+    if channels_last {
+        for vs in std::iter::once(&net.vs).chain(peers.iter().map(|p| &p.vs)).chain(teachers.iter().map(|t| &t.net.vs)).chain([&aux]) {
+            models::vs_channels_last(vs);
+        }
+    }
     let mut opt = optimiser(&net, &aux, &peers, peer_scale, r);
     let peer_groups: Vec<usize> = (2..2 + peers.len()).collect();
 
@@ -372,6 +388,9 @@ pub fn train(
             clear_resume(run);
             tch::manual_seed(epoch_seed(spec.seed, 0));
             net = build(&spec.model, data, device)?;
+            if channels_last {
+                models::vs_channels_last(&net.vs);
+            }
             opt = optimiser(&net, &aux, &peers, peer_scale, r);
         }
     }
@@ -393,6 +412,7 @@ pub fn train(
             Box::new(data.train_batches(r.batch_size as i64, r.augment))
         };
         for (x, y, idx) in batches {
+            let x = if channels_last { models::to_channels_last(&x) } else { x };
             let bs = y.size()[0];
             let (x, y, soft) = match &mixup {
                 Some(m) => {

@@ -1,0 +1,421 @@
+"""PyTorch reference definitions of the CIFAR model zoo, written for kd-harness's tests and its
+`harness bench` baseline from the architectures of RepDistiller/mdistiller (same module names,
+so their state dicts load, and the same feature taps: `forward(x)` returns
+(logits, feats, preact, pooled) with feats = [stem, stage outputs...] as RepDistiller's
+`is_feat=True` list without its last (pooled) entry, preact = the same with `preact=True`).
+
+Needs only torch (no torchvision).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv3x3(cin, cout, stride=1):
+    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+
+# --- resnet8 ... resnet110, resnet8x4, resnet32x4 (RepDistiller models/resnet.py) -------------
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        self.conv1 = conv3x3(cin, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        res = x if self.downsample is None else self.downsample(x)
+        pre = out + res
+        return F.relu(pre), pre
+
+
+def run_stage(stage, x):
+    pre = x
+    for block in stage:
+        x, pre = block(x)
+    return x, pre
+
+
+def run_stages(x, stages):
+    """Stem output x through residual stages: (last output, feats, preact) as RepDistiller's taps."""
+    feats, preact = [x], [x]
+    for s in stages:
+        x, pre = run_stage(s, x)
+        feats.append(x)
+        preact.append(pre)
+    return x, feats, preact
+
+
+class ResNetCifar(nn.Module):
+    def __init__(self, depth, widths, num_classes):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = conv3x3(3, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        cin = widths[0]
+        for s, planes in enumerate(widths[1:]):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(cin, planes, (1 if s == 0 else 2) if i == 0 else 1))
+                cin = planes
+            setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(widths[3], num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preact = run_stages(x, (self.layer1, self.layer2, self.layer3))
+        pooled = F.avg_pool2d(x, 8).flatten(1)
+        return self.fc(pooled), feats, preact, pooled
+
+
+# --- wrn_d_w (RepDistiller models/wrn.py; pre-activation blocks) -------------------------------
+
+class WrnBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = conv3x3(cin, cout, stride)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = conv3x3(cout, cout)
+        self.equal = cin == cout
+        self.convShortcut = None if self.equal else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        a = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        return out + (x if self.equal else self.convShortcut(a))
+
+
+class WrnStage(nn.Module):
+    def __init__(self, n, cin, cout, stride):
+        super().__init__()
+        self.layer = nn.Sequential(*[WrnBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class WRN(nn.Module):
+    def __init__(self, depth, k, num_classes):
+        super().__init__()
+        n = (depth - 4) // 6
+        ch = [16, 16 * k, 32 * k, 64 * k]
+        self.conv1 = conv3x3(3, 16)
+        self.block1 = WrnStage(n, ch[0], ch[1], 1)
+        self.block2 = WrnStage(n, ch[1], ch[2], 2)
+        self.block3 = WrnStage(n, ch[2], ch[3], 2)
+        self.bn1 = nn.BatchNorm2d(ch[3])
+        self.fc = nn.Linear(ch[3], num_classes)
+
+    def forward(self, x):
+        f0 = self.conv1(x)
+        f1 = self.block1(f0)
+        f2 = self.block2(f1)
+        f3 = self.block3(f2)
+        pooled = F.avg_pool2d(F.relu(self.bn1(f3)), 8).flatten(1)
+        # RepDistiller's preact taps: each stage sum through the BN that follows it.
+        preact = [f0, self.block2.layer[0].bn1(f1), self.block3.layer[0].bn1(f2), self.bn1(f3)]
+        return self.fc(pooled), [f0, f1, f2, f3], preact, pooled
+
+
+# --- vgg8/11/13/16/19 with BN (RepDistiller models/vgg.py) -------------------------------------
+
+VGG_CFG = {
+    "vgg8": [[64], [128], [256], [512], [512]],
+    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+    "vgg19": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
+}
+
+
+def vgg_block(widths, cin):
+    layers = []
+    for v in widths:
+        layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
+        cin = v
+    return nn.Sequential(*layers[:-1])  # the block's last ReLU is applied by forward
+
+
+class VGG(nn.Module):
+    def __init__(self, name, num_classes):
+        super().__init__()
+        cfg = VGG_CFG[name]
+        cin = 3
+        for i, widths in enumerate(cfg):
+            setattr(self, f"block{i}", vgg_block(widths, cin))
+            cin = widths[-1]
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        h = x.shape[2]
+        x = F.relu(self.block0(x))
+        feats, preact = [x], [x]
+        for i in range(1, 5):
+            if i < 4 or h == 64:
+                x = F.max_pool2d(x, 2, 2)
+            pre = getattr(self, f"block{i}")(x)
+            x = F.relu(pre)
+            feats.append(x)
+            preact.append(pre)
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.classifier(pooled), feats, preact, pooled
+
+
+# --- MobileNetV2 (mobile_half: T = 6, width 0.5; RepDistiller models/mobilenetv2.py) ------------
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        h = cin * t
+        self.use_res = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, h, 1, 1, 0, bias=False), nn.BatchNorm2d(h), nn.ReLU(),
+            nn.Conv2d(h, h, 3, stride, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU(),
+            nn.Conv2d(h, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, num_classes, T=6, width=0.5):
+        super().__init__()
+        setting = [[1, 16, 1, 1], [T, 24, 2, 1], [T, 32, 3, 2], [T, 64, 4, 2], [T, 96, 3, 1], [T, 160, 3, 2], [T, 320, 1, 1]]
+        cin = int(32 * width)
+        self.conv1 = nn.Sequential(nn.Conv2d(3, cin, 3, 2, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU())
+        self.blocks = nn.ModuleList()
+        for t, c, n, s in setting:
+            cout = int(c * width)
+            layers = []
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+            self.blocks.append(nn.Sequential(*layers))
+        self.conv2 = nn.Sequential(nn.Conv2d(cin, 1280, 1, 1, 0, bias=False), nn.BatchNorm2d(1280), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        out = self.conv1(x)
+        feats = [out]
+        for group in ([0, 1], [2], [3, 4], [5, 6]):
+            for b in group:
+                out = self.blocks[b](out)
+            feats.append(out)
+        out = self.conv2(out)
+        pooled = F.avg_pool2d(out, 2, ceil_mode=True).flatten(1)
+        return self.classifier(pooled), feats, list(feats), pooled
+
+
+# --- ShuffleV1 / ShuffleV2 (RepDistiller models/ShuffleNetv1.py, ShuffleNetv2.py) ----------------
+
+def shuffle(x, g):
+    n, c, h, w = x.shape
+    return x.view(n, g, c // g, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+class ShuffleV1Block(nn.Module):
+    def __init__(self, cin, cout, stride, groups):
+        super().__init__()
+        mid = int(cout / 4)
+        self.g = 1 if cin == 24 else groups
+        self.stride = stride
+        self.conv1 = nn.Conv2d(cin, mid, 1, groups=self.g, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, cout, 1, groups=groups, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        out = shuffle(F.relu(self.bn1(self.conv1(x))), self.g)
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.stride == 2:
+            pre = torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1)
+        else:
+            pre = out + x
+        return F.relu(pre), pre
+
+
+class ShuffleV1(nn.Module):
+    def __init__(self, num_classes, out_planes=(240, 480, 960), blocks=(4, 8, 4), groups=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 24, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(24)
+        cin = 24
+        for s, (op, n) in enumerate(zip(out_planes, blocks)):
+            layers = []
+            for i in range(n):
+                layers.append(ShuffleV1Block(cin, op - (cin if i == 0 else 0), 2 if i == 0 else 1, groups))
+                cin = op
+            setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
+        self.linear = nn.Linear(out_planes[2], num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preact = run_stages(x, (self.layer1, self.layer2, self.layer3))
+        pooled = F.avg_pool2d(x, 4).flatten(1)
+        return self.linear(pooled), feats, preact, pooled
+
+
+class ShuffleV2Basic(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        h = c // 2
+        self.conv1 = nn.Conv2d(h, h, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(h)
+        self.conv2 = nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False)
+        self.bn2 = nn.BatchNorm2d(h)
+        self.conv3 = nn.Conv2d(h, h, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(h)
+
+    def forward(self, x):
+        c = x.shape[1] // 2
+        x1, x2 = x[:, :c], x[:, c:]
+        out = F.relu(self.bn1(self.conv1(x2)))
+        out = self.bn2(self.conv2(out))
+        pre = self.bn3(self.conv3(out))
+        return shuffle(torch.cat([x1, F.relu(pre)], 1), 2), torch.cat([x1, pre], 1)
+
+
+class ShuffleV2Down(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        mid = cout // 2
+        self.conv1 = nn.Conv2d(cin, cin, 3, 2, 1, groups=cin, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv2 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(mid)
+        self.conv4 = nn.Conv2d(mid, mid, 3, 2, 1, groups=mid, bias=False)
+        self.bn4 = nn.BatchNorm2d(mid)
+        self.conv5 = nn.Conv2d(mid, mid, 1, bias=False)
+        self.bn5 = nn.BatchNorm2d(mid)
+
+    def forward(self, x):
+        a = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+        b = F.relu(self.bn3(self.conv3(x)))
+        b = F.relu(self.bn5(self.conv5(self.bn4(self.conv4(b)))))
+        out = shuffle(torch.cat([a, b], 1), 2)
+        return out, out
+
+
+class ShuffleV2(nn.Module):
+    def __init__(self, num_classes, out=(116, 232, 464, 1024), blocks=(3, 7, 3)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 24, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(24)
+        cin = 24
+        for s in range(3):
+            layers = [ShuffleV2Down(cin, out[s])] + [ShuffleV2Basic(out[s]) for _ in range(blocks[s])]
+            cin = out[s]
+            setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
+        self.conv2 = nn.Conv2d(out[2], out[3], 1, 1, 0, bias=False)
+        self.bn2 = nn.BatchNorm2d(out[3])
+        self.linear = nn.Linear(out[3], num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preact = run_stages(x, (self.layer1, self.layer2, self.layer3))
+        pooled = F.avg_pool2d(F.relu(self.bn2(self.conv2(x))), 4).flatten(1)
+        return self.linear(pooled), feats, preact, pooled
+
+
+# --- ResNet18 / ResNet50, CIFAR stem (RepDistiller models/resnetv2.py) --------------------------
+
+class V2Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = conv3x3(cin, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        pre = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.shortcut(x)
+        return F.relu(pre), pre
+
+
+class V2Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != 4 * planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        pre = self.bn3(self.conv3(out)) + self.shortcut(x)
+        return F.relu(pre), pre
+
+
+class ResNetV2(nn.Module):
+    def __init__(self, block, blocks, num_classes):
+        super().__init__()
+        self.conv1 = conv3x3(3, 64)
+        self.bn1 = nn.BatchNorm2d(64)
+        cin = 64
+        for s, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+            layers = []
+            for i in range(n):
+                layers.append(block(cin, planes, (1 if s == 0 else 2) if i == 0 else 1))
+                cin = planes * block.expansion
+            setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
+        self.linear = nn.Linear(512 * block.expansion, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preact = run_stages(x, (self.layer1, self.layer2, self.layer3, self.layer4))
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.linear(pooled), feats, preact, pooled
+
+
+W1, W4 = [16, 16, 32, 64], [32, 64, 128, 256]
+
+
+def build(name, num_classes=100):
+    """A model by its harness/RepDistiller name."""
+    resnets = {"resnet8": (8, W1), "resnet14": (14, W1), "resnet20": (20, W1), "resnet32": (32, W1), "resnet44": (44, W1),
+               "resnet56": (56, W1), "resnet110": (110, W1), "resnet8x4": (8, W4), "resnet32x4": (32, W4)}
+    if name in resnets:
+        return ResNetCifar(*resnets[name], num_classes)
+    if name.startswith("wrn_"):
+        _, d, k = name.split("_")
+        return WRN(int(d), int(k), num_classes)
+    if name in VGG_CFG:
+        return VGG(name, num_classes)
+    if name == "MobileNetV2":
+        return MobileNetV2(num_classes)
+    if name == "ShuffleV1":
+        return ShuffleV1(num_classes)
+    if name == "ShuffleV2":
+        return ShuffleV2(num_classes)
+    if name == "ResNet18":
+        return ResNetV2(V2Basic, (2, 2, 2, 2), num_classes)
+    if name == "ResNet50":
+        return ResNetV2(V2Bottleneck, (3, 4, 6, 3), num_classes)
+    raise SystemExit(f"unknown model {name}")
