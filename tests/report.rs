@@ -41,6 +41,10 @@ fn spec(model: &str, method: &str, seed: u64, role: Role, teachers: Vec<TeacherR
 
 /// Writes a finished run whose last top-1 is `last` percent (best = last + 1).
 fn finished(results: &Path, s: &RunSpec, last: f64) {
+    finished_with(results, s, last, 0.99)
+}
+
+fn finished_with(results: &Path, s: &RunSpec, last: f64, teacher_top1: f64) {
     let d = RunDir::new(results, SUITE, &s.id);
     std::fs::create_dir_all(&d.path).unwrap();
     write_json(&d.config(), s).unwrap();
@@ -62,7 +66,7 @@ fn finished(results: &Path, s: &RunSpec, last: f64) {
         last_test_loss: 1.0,
         agreement: (!s.teachers.is_empty()).then_some(0.9),
         pred_kl: (!s.teachers.is_empty()).then_some(0.1),
-        teacher_top1: (!s.teachers.is_empty()).then_some(0.99),
+        teacher_top1: (!s.teachers.is_empty()).then_some(teacher_top1),
         output_stats: OutputStats::default(),
         reliability: rel,
         peers_last_top1: vec![],
@@ -75,7 +79,8 @@ fn finished(results: &Path, s: &RunSpec, last: f64) {
     write_json(&d.summary(), &summary).unwrap();
 }
 
-/// teacher cnn_small (99); students cnn_tiny: ce 70/72/74, kd 75/76/77.5, dkd 78/79 + one failed.
+/// teacher cnn_small (99); students cnn_tiny: ce 70/72/74, kd 75/76/77.5, dkd 78/79 + one failed;
+/// teacher mlp (95) with kd students 74/75/76.
 fn fixture(dir: &Path) -> PathBuf {
     let results = dir.join("results");
     let t = spec("cnn_small", "ce", 0, Role::Teacher, vec![]);
@@ -89,6 +94,13 @@ fn fixture(dir: &Path) -> PathBuf {
     }
     for (seed, v) in [78.0, 79.0].into_iter().enumerate() {
         finished(&results, &spec("cnn_tiny", "dkd", seed as u64, Role::Student, tref.clone()), v);
+    }
+    // A second, weaker teacher (for the student-vs-teacher plot).
+    let t2 = spec("mlp", "ce", 0, Role::Teacher, vec![]);
+    finished(&results, &t2, 95.0);
+    let t2ref = vec![TeacherRef::Run { id: t2.id.clone(), model: "mlp".into() }];
+    for (seed, v) in [74.0, 75.0, 76.0].into_iter().enumerate() {
+        finished_with(&results, &spec("cnn_tiny", "kd", seed as u64, Role::Student, t2ref.clone()), v, 0.95);
     }
     let failed = spec("cnn_tiny", "dkd", 2, Role::Student, tref);
     let d = RunDir::new(&results, SUITE, &failed.id);
@@ -108,11 +120,13 @@ fn aggregates_match_hand_computed_values() {
     let dir = fixture(tmp.path());
     let (suite, records) = report::load::from_dir(&dir).unwrap();
     assert_eq!(suite, SUITE);
-    assert_eq!(records.len(), 10);
+    assert_eq!(records.len(), 14);
     let r = report::Report::build(&suite, records).unwrap();
-    // Teacher, ce, kd, dkd: seeds collapse into four groups.
-    assert_eq!(r.groups.len(), 4, "{:?}", r.groups.iter().map(|g| r.label(g)).collect::<Vec<_>>());
-    let by = |method: &str| r.groups.iter().find(|g| r.head(g).spec.method == method && r.head(g).spec.role == Role::Student).unwrap();
+    // Two teachers, ce, kd from each teacher, dkd: seeds collapse into six groups.
+    assert_eq!(r.groups.len(), 6, "{:?}", r.groups.iter().map(|g| r.label(g)).collect::<Vec<_>>());
+    let by = |method: &str| {
+        r.groups.iter().find(|g| r.head(g).spec.method == method && r.head(g).spec.role == Role::Student && r.head(g).spec.teacher_models() != "mlp").unwrap()
+    };
     let ce = by("ce").stats["last_top1"];
     assert_eq!(ce.n, 3);
     assert!(close(ce.mean, 72.0, 1e-9) && close(ce.std.unwrap(), 2.0, 1e-9), "{ce:?}");
@@ -130,8 +144,8 @@ fn aggregates_match_hand_computed_values() {
     assert!(!by("ce").stats.contains_key("agreement"));
     assert!(close(by("kd").stats["agreement"].mean, 90.0, 1e-9));
     // The Polars frames: one row per run, one per (run, epoch).
-    assert_eq!(r.runs.height(), 10);
-    assert_eq!(r.epochs.height(), 9 * 3);
+    assert_eq!(r.runs.height(), 14);
+    assert_eq!(r.epochs.height(), 13 * 3);
     for c in ["id", "group", "status", "seed", "model", "method", "teacher", "pair", "train.lr", "param.tau", "teacher.model", "last_top1"] {
         assert!(r.runs.column(c).is_ok(), "runs frame lacks column {c}");
     }
@@ -192,9 +206,9 @@ fn report_writes_golden_tables_and_decodable_plots() {
     // Frames readable back.
     let runs = polars::prelude::ParquetReader::new(std::fs::File::open(out.join("runs.parquet")).unwrap());
     use polars::prelude::SerReader;
-    assert_eq!(runs.finish().unwrap().height(), 10);
+    assert_eq!(runs.finish().unwrap().height(), 14);
     // Plots: PNGs decode at the expected size and are not blank; SVGs exist.
-    for stem in ["curves_cnn_small_cnn_tiny", "bars_cnn_small_cnn_tiny", "reliability_cnn_small_cnn_tiny"] {
+    for stem in ["curves_cnn_small_cnn_tiny", "bars_cnn_small_cnn_tiny", "reliability_cnn_small_cnn_tiny", "curves_mlp_cnn_tiny", "teacher_gap"] {
         let png = out.join("plots").join(format!("{stem}.png"));
         let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
         let mut reader = dec.read_info().unwrap();

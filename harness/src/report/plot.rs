@@ -339,7 +339,17 @@ fn gap(r: &Report, o: &Options, dir: &Path) -> anyhow::Result<Option<Plot>> {
     let mut series: BTreeMap<String, Vec<(f64, f64, Option<f64>)>> = BTreeMap::new();
     for g in r.groups.iter().filter(|g| r.head(g).spec.role == Role::Student && !r.head(g).spec.teachers.is_empty()) {
         let h = r.head(g);
-        let x = if o.gap_x == "teacher_top1" { g.stats.get("teacher_top1").map(|s| s.mean) } else { h.config.get(&o.gap_x).and_then(|c| c.as_f64()) };
+        let x = match o.gap_x.as_str() {
+            "teacher_top1" => g.stats.get("teacher_top1").map(|s| s.mean),
+            // Teacher size: the parameter count its own run recorded.
+            "teacher_params" => match h.spec.teachers.first() {
+                Some(crate::suite::TeacherRef::Run { id, .. }) => {
+                    r.records.iter().find(|t| &t.spec.id == id).and_then(|t| t.metric("param_count")).map(|p| p / 1e6)
+                }
+                _ => None,
+            },
+            k => h.config.get(k).and_then(|c| c.as_f64()),
+        };
         let (Some(x), Some(y)) = (x, g.stats.get(metric)) else { continue };
         let params: Vec<String> = h.spec.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         series.entry(format!("{} {} {}", h.spec.model, h.spec.method, params.join(" "))).or_default().push((x, y.mean, y.std));
@@ -357,7 +367,11 @@ fn gap(r: &Report, o: &Options, dir: &Path) -> anyhow::Result<Option<Plot>> {
         .collect();
     let x_range = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), None);
     let y_range = range(series.iter().flat_map(|s| s.points.iter().zip(&s.err).flat_map(|(p, e)| [p.1 - e.unwrap_or(0.0), p.1 + e.unwrap_or(0.0)])), Some(0.0));
-    let xname = if o.gap_x == "teacher_top1" { "teacher test top-1 (%)".to_string() } else { o.gap_x.clone() };
+    let xname = match o.gap_x.as_str() {
+        "teacher_top1" => "teacher test top-1 (%)".to_string(),
+        "teacher_params" => "teacher parameters (millions)".to_string(),
+        k => k.to_string(),
+    };
     let chart =
         Chart::Lines { title: format!("student {} vs teacher", o.metric.describe()), x: xname, y: o.metric.describe().into(), series, x_range, y_range };
     Ok(Some(render(&chart, &dir.join("teacher_gap"))?))

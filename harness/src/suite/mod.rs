@@ -147,7 +147,8 @@ pub struct ReportSpec {
     pub min_seeds: Option<usize>,
     /// Largest |ours − published| (points) before a cell is marked.
     pub expected_tolerance: Option<f64>,
-    /// x axis of the teacher-gap plot: `teacher_top1` or a numeric column such as `teacher.train.epochs`.
+    /// x axis of the teacher-gap plot: `teacher_top1`, `teacher_params` (teacher size) or a
+    /// numeric column such as `teacher.train.epochs`.
     pub gap_x: Option<String>,
 }
 const EXPECTED_KEYS: &[&str] = &["teacher", "student", "method", "top1", "std", "metric", "source"];

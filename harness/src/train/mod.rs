@@ -322,6 +322,11 @@ pub fn train(
     // Channels-last convolutions (faster oneDNN/cuDNN kernels); before the optimiser exists, so
     // its buffers take the same layout. Files are always written in PyTorch's NCHW layout.
     let channels_last = crate::env::channels_last();
+    if let Device::Cuda(_) = device {
+        // Fixed input shapes: let cuDNN pick the fastest algorithms once (GPU runs are not
+        // bit-reproducible anyway).
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     if channels_last {
         for vs in std::iter::once(&net.vs).chain(peers.iter().map(|p| &p.vs)).chain(teachers.iter().map(|t| &t.net.vs)).chain([&aux]) {
             models::vs_channels_last(vs);
