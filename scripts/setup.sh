@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent setup: a Python venv with PyTorch 2.11.0 from PyPI (libtorch for tch 0.24),
+# Idempotent setup: a Python venv with PyTorch 2.11.0 from PyPI (libtorch for tch 0.24) and numpy,
 # unless LIBTORCH points at a libtorch already. Safe to run again; it skips what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +20,9 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 else
   echo "setup: torch $have already in $VIRTUAL_ENV"
+fi
+# numpy: the reference scripts and test fixtures (scripts/reference, tests) exchange arrays with it.
+if ! "$VIRTUAL_ENV/bin/python" -c 'import numpy' 2>/dev/null; then
+  echo "setup: installing numpy into $VIRTUAL_ENV"
+  "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check numpy
 fi

@@ -299,3 +299,38 @@ fn shipped_suites_validate_and_plan() {
     }
     assert!(seen >= 9);
 }
+
+/// suites/takd_paper.toml reproduces the TAKD code's loss, λ·T²·nn.KLDivLoss()(…) (element mean
+/// over B·C) + (1 − λ)·CE, with our `kd` at kd_weight = λ/C, ce_weight = 1 − λ (checked against
+/// torch itself).
+#[test]
+fn takd_code_loss_is_kd_with_weight_over_classes() {
+    let Some(py) = venv_python() else {
+        eprintln!("SKIPPED: no ~/.cache/kd-harness/venv python (LIBTORCH set by the user)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("b.npz");
+    let script = r#"
+import sys, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+g = torch.Generator().manual_seed(0)
+s = torch.randn(16, 100, generator=g, dtype=torch.float64) * 3
+t = torch.randn(16, 100, generator=g, dtype=torch.float64) * 3
+y = torch.randint(0, 100, (16,), generator=g)
+np.savez(sys.argv[1], student=s.numpy(), teacher=t.numpy(), labels=y.numpy())
+lam, T = 0.5, 5.0
+loss = (1 - lam) * F.cross_entropy(s, y) + lam * T * T * nn.KLDivLoss()(F.log_softmax(s / T, 1), F.softmax(t / T, 1))
+print(repr(loss.item()))
+"#;
+    let o = std::process::Command::new(&py).arg("-c").arg(script).arg(&npz).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let want: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let o = harness(
+        &["loss-eval", "kd", "--input", npz.to_str().unwrap(), "--param", "tau=5", "--param", "ce_weight=0.5", "--param", "kd_weight=0.005"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got = v["total"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-9 * want.abs().max(1.0), "ours {got} vs the TAKD code's {want}");
+}
