@@ -16,10 +16,13 @@
 //! [grid]
 //! pair = [{ teacher = "cnn", student = "cnn_tiny" }]   # array of tables: a zipped axis
 //! method = ["ce", "kd"]                                 # array of values: a crossed axis
+//! [executor.slurm]             # defaults for `harness run --executor slurm` (flags override)
+//! partition = "gpu"            # also gres, time, array_limit, sbatch_args
 //! ```
 //! Grid keys: `teacher`, `teachers` (multi-teacher), `chain` (TAKD), `peers` (online), `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
 //! `teacher.train.<recipe key>`, `teacher.seed`, `<method>.<param>`.
 
+pub mod executor;
 pub mod source;
 pub mod spec;
 
@@ -48,6 +51,8 @@ pub struct Suite {
     pub axes: Vec<Axis>,
     /// Published results with their source (`[[expected]]`).
     pub expected: Vec<Expected>,
+    /// `[executor.slurm]` (all `None` when absent).
+    pub slurm: executor::SlurmOptions,
     src: Source,
 }
 
@@ -119,7 +124,7 @@ impl Plan {
     }
 }
 
-const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid", "expected"];
+const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid", "expected", "executor"];
 const EXPECTED_KEYS: &[&str] = &["teacher", "student", "method", "top1", "std", "metric", "source"];
 
 /// A published number the suite should reproduce (`[[expected]]`), for reports to compare against.
@@ -376,7 +381,8 @@ impl Suite {
         }
 
         let expected = parse_expected(&src)?;
-        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, src })
+        let slurm = executor::parse(&src)?;
+        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, slurm, src })
     }
 
     /// The suite file this was read from.
