@@ -151,6 +151,8 @@ fn batch_script(suite: &str, level: usize, runs: &[PathBuf], exe: &Path, s: &Sub
         t.push_str("export CUDA_VISIBLE_DEVICES=\n");
         "cpu"
     };
+    // Where and when each task started, in the run's own log (next to "resuming run ...").
+    t.push_str("echo \"slurm task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname) starts at unix time $(date +%s)\" >>\"$RUN/log.txt\"\n");
     t.push_str(&format!("for attempt in $(seq 1 {}); do\n", s.retries + 1));
     t.push_str(&format!(
         "  {} exec \"$RUN\" --data-dir {} --device {device} --threads \"$THREADS\" 2>>\"$RUN/log.txt\"\n",
