@@ -1,52 +1,19 @@
 //! The Slurm executor against a real single-node Slurm (`scripts/slurm.sh up`, which
 //! `scripts/test.sh` runs): a digits suite gives the same metrics as the local executor, a student
 //! waits for its teacher, a task killed with `scancel` mid-run resumes on a re-run, `harness
-//! cancel` cancels a suite's jobs. Without a cluster the cluster test says so and skips, unless
+//! cancel` cancels a suite's jobs, a requeued task resumes where it was. Without a cluster the cluster test says so and skips, unless
 //! `KD_HARNESS_REQUIRE_SLURM` is set (CI), where it fails. Option validation needs no cluster.
 
 mod common;
 use common::*;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-const SUITE: &str = r#"
-[suite]
-name = "sl"
-dataset = "digits"
-seeds = [0]
-
-[train]
-epochs = 2
-batch_size = 128
-milestones = [1]
-
-[teachers.t]
-model = "cnn_tiny"
-train = { epochs = 3 }
-
-[grid]
-pair = [{ teacher = "t", student = "mlp" }]
-method = ["ce", "kd"]
-"#;
 
 fn write(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
     p.to_str().unwrap().to_string()
-}
-
-/// (id, role, method) of every run, from `harness plan`.
-fn ids(dir: &Path, suite: &str) -> Vec<(String, String, String)> {
-    let o = harness(&["plan", suite], dir);
-    text(&o)
-        .lines()
-        .filter(|l| l.contains(" teacher ") || l.contains(" student "))
-        .filter(|l| !l.starts_with("id "))
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].to_string(), f[1].to_string(), f[4].to_string())
-        })
-        .collect()
 }
 
 /// True when a Slurm node is up; otherwise says why the test skips (or fails where required).
@@ -63,7 +30,8 @@ fn cluster_up() -> bool {
     if std::env::var_os("KD_HARNESS_REQUIRE_SLURM").is_some() {
         panic!("KD_HARNESS_REQUIRE_SLURM is set but no Slurm node is up: {why}; run scripts/slurm.sh up");
     }
-    eprintln!("SKIPPED: Slurm executor tests need a Slurm cluster ({why}); `scripts/slurm.sh up` starts one (root)");
+    // Straight to the stderr handle: unlike eprintln!, not swallowed by the test harness's capture.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: Slurm executor tests need a Slurm cluster ({why}); `scripts/slurm.sh up` starts one (root)");
     false
 }
 
@@ -84,6 +52,18 @@ fn summary(run: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
 }
 
+/// Cancels a suite's Slurm jobs when dropped, so that a failing assertion leaves no stalled task
+/// holding a CPU of the cluster.
+struct CancelOnDrop<'a>(&'a Path, Vec<String>);
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        for s in &self.1 {
+            let _ = harness(&["cancel", s, "--results", "r"], self.0);
+        }
+    }
+}
+
 /// The status line of one run.
 fn status_line(dir: &Path, suite: &str, results: &str, id: &str) -> String {
     let o = harness(&["status", suite, "--results", results], dir);
@@ -91,18 +71,24 @@ fn status_line(dir: &Path, suite: &str, results: &str, id: &str) -> String {
 }
 
 #[test]
-fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel() {
+fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel_cancel_and_requeue() {
     if !cluster_up() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let s = write(dir, "sl.toml", SUITE);
+    let s = write(dir, "s.toml", TINY_KD_SUITE);
+    let c = write(
+        dir,
+        "c.toml",
+        "[suite]\nname = \"c\"\ndataset = \"digits\"\n[train]\nepochs = 3\nbatch_size = 128\nmilestones = []\n[grid]\nstudent = [\"mlp\"]\n",
+    );
+    let _cleanup = CancelOnDrop(dir, vec![s.clone(), c.clone()]);
     let runs = ids(dir, &s);
     assert_eq!(runs.len(), 3, "{runs:?}");
     let teacher = runs.iter().find(|r| r.1 == "teacher").unwrap().0.clone();
     let kd = runs.iter().find(|r| r.2 == "kd").unwrap().0.clone();
-    let run_dir = |results: &str, id: &str| -> PathBuf { dir.join(results).join("sl/runs").join(id) };
+    let run_dir = |results: &str, id: &str| -> PathBuf { dir.join(results).join("s/runs").join(id) };
 
     // The reference: the local executor, one thread per run (as each Slurm task gets).
     let o = harness(&["run", &s, "--results", "local", "--devices", "cpu", "--threads", "1"], dir);
@@ -118,7 +104,7 @@ fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel() {
     assert!(o.status.success() && t.contains("submitted level 0") && t.contains("submitted level 1"), "{t}");
     let teacher_dir = run_dir("r", &teacher);
     wait_until("the teacher's epoch-2 resume state", 180, || teacher_dir.join("resume-e2.safetensors").exists());
-    let first = jobs(&dir.join("r"), "sl");
+    let first = jobs(&dir.join("r"), "s");
     assert_eq!(first.len(), 2, "one job array per DAG level: {first:?}");
     let level0 = first[0]["job_id"].as_str().unwrap().to_string();
     let level1 = first[1]["job_id"].as_str().unwrap().to_string();
@@ -144,7 +130,7 @@ fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel() {
     assert!(o.status.success() && t.contains("2 finished now, 1 cached, 0 failed, 0 skipped"), "{t}");
     let log = std::fs::read_to_string(teacher_dir.join("log.txt")).unwrap();
     assert!(log.contains(&format!("resuming run {teacher} after epoch 2")), "{log}");
-    let second = jobs(&dir.join("r"), "sl");
+    let second = jobs(&dir.join("r"), "s");
     assert_eq!(second.len(), 4, "{second:?}");
     assert_ne!(second[3]["job_id"].as_str().unwrap(), level1);
     // The student's task started only once its teacher had finished.
@@ -164,22 +150,25 @@ fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel() {
     }
     let o = harness(&["status", &s, "--results", "r"], dir);
     let st = text(&o);
-    assert!(st.contains("sl: 3 done") && st.contains("slurm state") && st.matches("COMPLETED").count() == 3, "{st}");
+    assert!(st.contains("s: 3 done") && st.contains("slurm state") && st.matches("COMPLETED").count() == 3, "{st}");
     let o = harness(&["run", &s, "--results", "r", "--executor", "slurm", "--wait"], dir);
     assert!(o.status.success() && text(&o).contains("0 finished now, 3 cached"), "{}", text(&o));
 
     // `harness cancel` stops a suite's running task; the run stays resumable.
-    let c = write(
-        dir,
-        "c.toml",
-        "[suite]\nname = \"c\"\ndataset = \"digits\"\n[train]\nepochs = 3\nbatch_size = 128\nmilestones = []\n[grid]\nstudent = [\"mlp\"]\n",
-    );
     let id = ids(dir, &c)[0].0.clone();
-    let o = harness_cmd(&["run", &c, "--results", "r", "--executor", "slurm"], dir).env("KD_HARNESS_FAULT", format!("stall:{id}:1")).output().unwrap();
+    let o = harness(&["run", &c, "--results", "local", "--devices", "cpu", "--threads", "1"], dir);
     assert!(o.status.success(), "{}", text(&o));
+    let submit_stalling_at = |epoch: u32| {
+        let o = harness_cmd(&["run", &c, "--results", "r", "--executor", "slurm", "--threads", "1"], dir)
+            .env("KD_HARNESS_FAULT", format!("stall:{id}:{epoch}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        jobs(&dir.join("r"), "c").last().unwrap()["job_id"].as_str().unwrap().to_string()
+    };
+    let job = submit_stalling_at(1);
     let run = dir.join("r/c/runs").join(&id);
     wait_until("epoch 1 of the run to cancel", 120, || run.join("resume-e1.safetensors").exists());
-    let job = jobs(&dir.join("r"), "c")[0]["job_id"].as_str().unwrap().to_string();
     let o = harness_cmd(&["run", &c, "--results", "r", "--executor", "slurm"], dir).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "a second submission while the first is queued is refused: {}", text(&o));
     assert!(text(&o).contains("still has Slurm tasks in the queue") && text(&o).contains(&format!("{job}_0")), "{}", text(&o));
@@ -192,13 +181,33 @@ fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel() {
     assert!(!run.join("summary.json").exists());
     let o = harness(&["cancel", &c, "--results", "r"], dir);
     assert!(o.status.success() && text(&o).contains("no queued or running Slurm jobs"), "{}", text(&o));
+
+    // Resubmitted, it resumes after epoch 1; requeued by Slurm after epoch 2 (as preemption does),
+    // the same task resumes after epoch 2 and ends with the local executor's metrics.
+    let job = submit_stalling_at(2);
+    wait_until("epoch 2 of the run to requeue", 120, || run.join("resume-e2.safetensors").exists());
+    let scontrol = |args: &[&str]| {
+        let o = std::process::Command::new("scontrol").args(args).output().unwrap();
+        assert!(o.status.success(), "scontrol {args:?}: {}", text(&o));
+    };
+    scontrol(&["requeue", &format!("{job}_0")]);
+    // Slurm delays a requeued job's start by two minutes; start it now instead.
+    wait_until("the requeued task to be pending", 60, || status_line(dir, &c, "r", &id).contains("PENDING"));
+    scontrol(&["update", &format!("JobId={job}_0"), "StartTime=now"]);
+    wait_until("the requeued task to finish", 120, || status_line(dir, &c, "r", &id).contains("COMPLETED"));
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(log.contains(&format!("resuming run {id} after epoch 1")) && log.contains(&format!("resuming run {id} after epoch 2")), "{log}");
+    assert_eq!(log.matches(&format!("slurm task {job}_0 on ")).count(), 2, "{log}");
+    let local = dir.join("local/c/runs").join(&id);
+    assert_eq!(metrics_without_timing(&run.join("metrics.csv")), metrics_without_timing(&local.join("metrics.csv")));
+    assert_eq!(summary(&run)["last_top1"], summary(&local)["last_top1"]);
 }
 
 #[test]
 fn slurm_options_are_validated_before_anything_is_submitted() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let s = write(dir, "sl.toml", SUITE);
+    let s = write(dir, "s.toml", TINY_KD_SUITE);
     let bad = |args: &[&str], want: &[&str]| {
         let mut a = vec!["run", s.as_str(), "--results", "r"];
         a.extend_from_slice(args);
@@ -218,14 +227,14 @@ fn slurm_options_are_validated_before_anything_is_submitted() {
     assert!(!dir.join("r/sl/slurm").exists(), "nothing may be written for rejected options");
 
     let suite_err = |extra: &str, want: &[&str]| {
-        let p = write(dir, "bad.toml", &format!("{SUITE}\n{extra}"));
+        let p = write(dir, "bad.toml", &format!("{TINY_KD_SUITE}\n{extra}"));
         let o = harness(&["plan", &p], dir);
         assert_eq!(o.status.code(), Some(2), "{extra}: {}", text(&o));
         for w in want {
             assert!(text(&o).contains(w), "{extra}: expected `{w}` in: {}", text(&o));
         }
     };
-    let line = SUITE.lines().count() + 3; // SUITE, a blank line, `[executor.slurm]`, then the key
+    let line = TINY_KD_SUITE.lines().count() + 3; // TINY_KD_SUITE, a blank line, `[executor.slurm]`, then the key
     suite_err("[executor.slurm]\npartiton = \"gpu\"\n", &[&format!("bad.toml:{line}:"), "executor.slurm.partiton", "did you mean `partition`"]);
     suite_err("[executor.slurm]\narray_limit = 0\n", &["executor.slurm.array_limit", "expected a positive integer"]);
     suite_err("[executor.slurm]\ntime = \"2 hours\"\n", &["executor.slurm.time", "Slurm time limit"]);
@@ -236,7 +245,7 @@ fn slurm_options_are_validated_before_anything_is_submitted() {
     let p = write(
         dir,
         "ok.toml",
-        &format!("{SUITE}\n[executor.slurm]\npartition = \"gpu\"\ntime = \"01:00:00\"\narray_limit = 4\nsbatch_args = [\"--qos=high\"]\n"),
+        &format!("{TINY_KD_SUITE}\n[executor.slurm]\npartition = \"gpu\"\ntime = \"01:00:00\"\narray_limit = 4\nsbatch_args = [\"--qos=high\"]\n"),
     );
     let suite = harness::suite::Suite::load(Path::new(&p)).unwrap();
     let flags = harness::suite::executor::SlurmOptions { time: Some("02:00:00".into()), sbatch_args: vec!["--account=lab".into()], ..Default::default() };
