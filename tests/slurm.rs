@@ -253,3 +253,28 @@ fn slurm_options_are_validated_before_anything_is_submitted() {
     assert_eq!((m.partition.as_deref(), m.time.as_deref(), m.array_limit), (Some("gpu"), Some("02:00:00"), Some(4)));
     assert_eq!(m.sbatch_args, vec!["--qos=high".to_string(), "--account=lab".to_string()]);
 }
+
+#[test]
+fn dag_levels_follow_teacher_chains_and_skip_finished_runs() {
+    let text = "[suite]\nname = \"ch\"\ndataset = \"digits\"\n[teachers.t]\nmodel = \"cnn_small\"\n[grid]\npair = [{ student = \"mlp\", method = \"ce\" }, { chain = [\"t\", \"cnn_tiny\"], student = \"mlp\", method = \"kd\" }]\n";
+    let suite = harness::suite::Suite::parse(Path::new("ch.toml"), text.to_string()).unwrap();
+    let plan = suite.expand(&harness::suite::DataRef { name: "digits".into(), fingerprint: "fp".into() }).unwrap();
+    let by_model = |finished: &[bool]| -> Vec<(String, Option<usize>)> {
+        let l = harness::sched::slurm::levels(&plan, finished);
+        plan.runs.iter().zip(l).map(|(r, l)| (format!("{} {}", r.spec.model, r.spec.method), l)).collect()
+    };
+    let mut all = by_model(&vec![false; plan.runs.len()]);
+    all.sort();
+    assert_eq!(
+        all,
+        vec![("cnn_small ce".to_string(), Some(0)), ("cnn_tiny kd".to_string(), Some(1)), ("mlp ce".to_string(), Some(0)), ("mlp kd".to_string(), Some(2))]
+    );
+    // With the first teacher finished, the assistant moves to level 0 and the student to 1.
+    let done: Vec<bool> = plan.runs.iter().map(|r| r.spec.model == "cnn_small").collect();
+    let mut rest = by_model(&done);
+    rest.sort();
+    assert_eq!(
+        rest,
+        vec![("cnn_small ce".to_string(), None), ("cnn_tiny kd".to_string(), Some(0)), ("mlp ce".to_string(), Some(0)), ("mlp kd".to_string(), Some(1))]
+    );
+}

@@ -306,8 +306,22 @@ pub fn run_tasks(results: &Path, suite: &str) -> anyhow::Result<BTreeMap<String,
 /// Blocks until every task of `jobs` has left the queue, printing each task's state changes.
 pub fn wait(plan: &Plan, jobs: &[Job], poll: Duration) -> anyhow::Result<()> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut failures = 0;
     loop {
-        let states = query(jobs)?;
+        // A busy controller can time out a query now and then; only a lasting failure ends the wait.
+        let states = match query(jobs) {
+            Ok(s) => {
+                failures = 0;
+                s
+            }
+            Err(e) if failures < 10 => {
+                failures += 1;
+                eprintln!("warning: {e:#} (retrying)");
+                std::thread::sleep(poll);
+                continue;
+            }
+            Err(e) => return Err(e.context("waiting for the suite's Slurm jobs (they keep running; `harness status` shows them)")),
+        };
         for j in jobs {
             for (i, id) in j.runs.iter().enumerate() {
                 let Some(st) = states.get(&format!("{}_{i}", j.job_id)) else { continue };

@@ -43,16 +43,16 @@ impl SlurmOptions {
     /// expected, for the caller to attach to the flag or the suite line.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         for (k, v) in [("partition", &self.partition), ("gres", &self.gres)] {
-            if let Some(v) = v {
-                if v.is_empty() || v.chars().any(char::is_whitespace) {
-                    return Err((k, format!("expected a non-empty {k} without spaces, found `{v}`")));
-                }
+            if let Some(v) = v
+                && (v.is_empty() || v.chars().any(char::is_whitespace))
+            {
+                return Err((k, format!("expected a non-empty {k} without spaces, found `{v}`")));
             }
         }
-        if let Some(t) = &self.time {
-            if !is_slurm_time(t) {
-                return Err(("time", format!("expected a Slurm time limit such as HH:MM:SS, MM, D-HH or D-HH:MM:SS, found `{t}`")));
-            }
+        if let Some(t) = &self.time
+            && !is_slurm_time(t)
+        {
+            return Err(("time", format!("expected a Slurm time limit such as HH:MM:SS, MM, D-HH or D-HH:MM:SS, found `{t}`")));
         }
         if self.array_limit == Some(0) {
             return Err(("array_limit", "expected at least 1 concurrent task".into()));
