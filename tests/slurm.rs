@@ -252,6 +252,12 @@ fn slurm_options_are_validated_before_anything_is_submitted() {
     let m = suite.slurm.merged(&flags);
     assert_eq!((m.partition.as_deref(), m.time.as_deref(), m.array_limit), (Some("gpu"), Some("02:00:00"), Some(4)));
     assert_eq!(m.sbatch_args, vec!["--qos=high".to_string(), "--account=lab".to_string()]);
+    // Only a GPU request puts the runs on a GPU.
+    assert!(!m.wants_gpu());
+    let gpu = |o: harness::suite::executor::SlurmOptions| o.wants_gpu();
+    assert!(gpu(harness::suite::executor::SlurmOptions { gres: Some("gpu:a100:1".into()), ..Default::default() }));
+    assert!(gpu(harness::suite::executor::SlurmOptions { sbatch_args: vec!["--gpus-per-task=1".into()], ..Default::default() }));
+    assert!(!gpu(harness::suite::executor::SlurmOptions { gres: Some("nvme:1".into()), ..Default::default() }));
 }
 
 #[test]

@@ -128,7 +128,6 @@ fn sh(s: &str) -> String {
 
 /// The batch script of one level: task `i` trains `runs[i]`.
 fn batch_script(suite: &str, level: usize, runs: &[PathBuf], exe: &Path, s: &Submit) -> String {
-    let gpu = s.options.gres.as_deref().is_some_and(|g| g.contains("gpu"));
     let mut t = String::new();
     t.push_str("#!/bin/bash\n");
     t.push_str(&format!("# kd-harness suite `{suite}`, DAG level {level}: one array task per run, written by `harness run --executor slurm`.\n"));
@@ -144,7 +143,7 @@ fn batch_script(suite: &str, level: usize, runs: &[PathBuf], exe: &Path, s: &Sub
         Some(n) => t.push_str(&format!("THREADS={n}\n")),
         None => t.push_str("THREADS=${SLURM_CPUS_PER_TASK:-1}\n"),
     }
-    let device = if gpu {
+    let device = if s.options.wants_gpu() {
         // Slurm exposes the allocated GPU(s) through CUDA_VISIBLE_DEVICES.
         "auto"
     } else {

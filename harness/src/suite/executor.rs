@@ -39,6 +39,13 @@ impl SlurmOptions {
         }
     }
 
+    /// Whether the runs ask Slurm for GPUs (`gres` naming a gpu, or a `--gpus*`, `-G` or
+    /// `--gres=gpu...` sbatch option): they then train on the GPUs Slurm assigns, else on the CPU.
+    pub fn wants_gpu(&self) -> bool {
+        self.gres.as_deref().is_some_and(|g| g.contains("gpu"))
+            || self.sbatch_args.iter().any(|a| a.starts_with("--gpus") || a.starts_with("-G") || (a.starts_with("--gres") && a.contains("gpu")))
+    }
+
     /// Checks every value; an error is the offending key (`time`, `array_limit`, ...) and what was
     /// expected, for the caller to attach to the flag or the suite line.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
