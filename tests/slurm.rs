@@ -124,6 +124,8 @@ fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel_cancel_and_
     assert!(!teacher_dir.join("summary.json").exists() && teacher_dir.join("lock").exists(), "the teacher was killed mid-run");
     assert!(!run_dir("r", &kd).join("log.txt").exists(), "the kd student's task started although its teacher had not finished");
 
+    let ce = runs.iter().find(|r| r.1 == "student" && r.2 == "ce").unwrap().0.clone();
+    wait_until("the ce student (level 0, no teacher) to finish", 120, || status_line(dir, &s, "r", &ce).contains("COMPLETED"));
     // A plain re-run resubmits the unfinished runs; the teacher resumes after epoch 2.
     let o = harness(&["run", &s, "--results", "r", "--executor", "slurm", "--threads", "1", "--wait"], dir);
     let t = text(&o);
@@ -191,9 +193,13 @@ fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel_cancel_and_
         assert!(o.status.success(), "scontrol {args:?}: {}", text(&o));
     };
     scontrol(&["requeue", &format!("{job}_0")]);
-    // Slurm delays a requeued job's start by two minutes; start it now instead.
-    wait_until("the requeued task to be pending", 60, || status_line(dir, &c, "r", &id).contains("PENDING"));
-    scontrol(&["update", &format!("JobId={job}_0"), "StartTime=now"]);
+    // Slurm 22.05 delays a requeued job's start by two minutes; start it now instead.
+    wait_until("the requeued task to be pending", 60, || {
+        let l = status_line(dir, &c, "r", &id);
+        l.contains("PENDING") || l.contains("COMPLETED")
+    });
+    // (Where Slurm does not delay it, the task may already have started: nothing to update then.)
+    let _ = std::process::Command::new("scontrol").args(["update", &format!("JobId={job}_0"), "StartTime=now"]).output();
     wait_until("the requeued task to finish", 120, || status_line(dir, &c, "r", &id).contains("COMPLETED"));
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains(&format!("resuming run {id} after epoch 1")) && log.contains(&format!("resuming run {id} after epoch 2")), "{log}");
