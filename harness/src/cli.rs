@@ -428,7 +428,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let outcomes = sched::run_plan(&plan, &opts)?;
-    Ok(report(&plan, &a.results, &outcomes))
+    Ok(print_outcomes(&plan, &a.results, &outcomes))
 }
 
 /// Submits the suite to Slurm; with `--wait`, stays until its tasks have left the queue and
@@ -486,11 +486,11 @@ fn run_slurm(a: &RunArgs, suite: &Suite, plan: &Plan, data_dir: &Path) -> anyhow
             }
         })
         .collect();
-    Ok(report(plan, &a.results, &outcomes))
+    Ok(print_outcomes(plan, &a.results, &outcomes))
 }
 
 /// The end-of-run table and counts; the exit status (1 when a run failed or did not run).
-fn report(plan: &Plan, results: &Path, outcomes: &[Outcome]) -> i32 {
+fn print_outcomes(plan: &Plan, results: &Path, outcomes: &[Outcome]) -> i32 {
     let count = |f: &dyn Fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     let failed = count(&|o| matches!(o, Outcome::Failed(_) | Outcome::Diverged(_)));
     let skipped = count(&|o| matches!(o, Outcome::Skipped(_) | Outcome::Locked));
