@@ -11,41 +11,10 @@ use std::time::{Duration, Instant};
 
 use harness::sched::{Devices, Slot, slots};
 
-const SUITE: &str = r#"
-[suite]
-name = "s"
-dataset = "digits"
-seeds = [0]
-
-[train]
-epochs = 3
-batch_size = 128
-milestones = [2]
-
-[teachers.t]
-model = "cnn_tiny"
-
-[grid]
-pair = [{ teacher = "t", student = "mlp" }]
-method = ["ce", "kd"]
-"#;
-
 fn write_suite(dir: &Path, body: &str) -> String {
     let p = dir.join("s.toml");
     std::fs::write(&p, body).unwrap();
     p.to_str().unwrap().to_string()
-}
-
-fn ids(dir: &Path, suite: &str) -> Vec<(String, String, String)> {
-    let o = harness(&["plan", suite], dir);
-    text(&o)
-        .lines()
-        .filter(|l| !l.starts_with("id ") && (l.contains(" teacher ") || l.contains(" student ")))
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].to_string(), f[1].to_string(), f[4].to_string())
-        })
-        .collect()
 }
 
 #[test]
@@ -64,7 +33,7 @@ fn slots_cover_devices() {
 #[test]
 fn dag_order_only_dry_run_and_bad_devices() {
     let dir = tempfile::tempdir().unwrap();
-    let s = write_suite(dir.path(), SUITE);
+    let s = write_suite(dir.path(), TINY_KD_SUITE);
     let o = harness(&["run", &s, "--only", "method=kd", "--dry-run"], dir.path());
     let t = text(&o);
     assert!(o.status.success() && t.contains("2 runs (1 teachers, 1 students)") && t.matches("would run").count() == 2, "{t}");
@@ -92,7 +61,7 @@ fn dag_order_only_dry_run_and_bad_devices() {
 #[test]
 fn a_panicking_run_is_isolated_retried_and_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let s = write_suite(dir.path(), SUITE);
+    let s = write_suite(dir.path(), TINY_KD_SUITE);
     let runs = ids(dir.path(), &s);
     let teacher = runs.iter().find(|r| r.1 == "teacher").unwrap().0.clone();
     // A panic in the teacher's last epoch (after which no resume state is written): the retry
@@ -119,7 +88,7 @@ fn a_panicking_run_is_isolated_retried_and_reported() {
 #[test]
 fn a_diverging_run_is_marked_diverged_with_its_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let s = write_suite(dir.path(), &SUITE.replace("model = \"cnn_tiny\"", "model = \"cnn_tiny\"\ntrain = { lr = 1e30 }"));
+    let s = write_suite(dir.path(), &TINY_KD_SUITE.replace("model = \"cnn_tiny\"", "model = \"cnn_tiny\"\ntrain = { lr = 1e30 }"));
     let o = harness(&["run", &s, "--results", "r", "--devices", "cpu", "--retries", "2"], dir.path());
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
@@ -195,7 +164,7 @@ fn kill_9_of_the_whole_suite_then_rerun_resumes_with_identical_metrics() {
 #[test]
 fn concurrent_runs_on_one_results_dir_do_not_duplicate_work() {
     let dir = tempfile::tempdir().unwrap();
-    let s = write_suite(dir.path(), SUITE);
+    let s = write_suite(dir.path(), TINY_KD_SUITE);
     let spawn = || {
         harness_cmd(&["run", &s, "--results", "r", "--devices", "cpu", "--threads", "1"], dir.path())
             .stdout(Stdio::piped())

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::sched::{self, Outcome};
@@ -21,7 +22,8 @@ pub enum Cmd {
     Run(RunArgs),
     /// Print the expanded run list (id, role, models, method, seed, settings) without training.
     Plan(PlanArgs),
-    /// Show each run's state: done, running, failed, diverged, pending or skipped, with reasons.
+    /// Show each run's state: done, running, failed, diverged, pending or skipped, with reasons
+    /// (and, for a suite submitted to Slurm, each run's job id and Slurm state).
     Status(PlanArgs),
     /// Aggregate a suite's results over seeds: Parquet frames, paper tables, plots, index.
     Report(ReportArgs),
@@ -32,6 +34,8 @@ pub enum Cmd {
     /// Time the KD training step (resnet32x4 → resnet8x4 by default) against a PyTorch eager
     /// reference of the same step, side by side.
     Bench(BenchArgs),
+    /// Cancel a suite's queued and running Slurm jobs (those `run --executor slurm` recorded).
+    Cancel(PlanArgs),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
     /// Dataset utilities.
@@ -68,9 +72,10 @@ pub struct RunArgs {
     /// Results root; runs go to <results>/<suite>/runs/<id>/.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
-    /// Where runs execute: auto (all visible GPUs, else CPU), cpu, cuda, cuda:N or cuda:0,1,3.
-    #[arg(long, alias = "device", default_value = "auto")]
-    pub devices: String,
+    /// Where runs execute: auto (all visible GPUs, else CPU), cpu, cuda, cuda:N or cuda:0,1,3
+    /// (default auto; local executor only).
+    #[arg(long, alias = "device")]
+    pub devices: Option<String>,
     /// Runs sharing one GPU.
     #[arg(long, default_value_t = 1)]
     pub per_gpu: usize,
@@ -94,6 +99,70 @@ pub struct RunArgs {
     /// No progress bars: one line per event.
     #[arg(long)]
     pub quiet: bool,
+    /// local: child processes on this machine; slurm: one job array per DAG level on the cluster.
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: Executor,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
+}
+
+/// Where `harness run` executes the runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Executor {
+    Local,
+    Slurm,
+}
+
+/// Options of `--executor slurm`; each overrides the suite's `[executor.slurm]` key of the same name.
+#[derive(Args, Debug, Default)]
+pub struct SlurmArgs {
+    /// Slurm partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Generic resources per run, e.g. gpu:1 (then runs train on the GPU Slurm assigns, else on CPU).
+    #[arg(long)]
+    pub gres: Option<String>,
+    /// Time limit per run, HH:MM:SS (or any Slurm time format).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Most runs of one DAG level running at once (the job array's %N throttle).
+    #[arg(long)]
+    pub array_limit: Option<usize>,
+    /// Extra sbatch option, passed verbatim (repeatable), e.g. --sbatch-arg=--account=lab.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+    /// Stay until every submitted task has left the queue, then print the table (exit 1 if a run
+    /// did not finish).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+impl SlurmArgs {
+    fn options(&self) -> crate::suite::executor::SlurmOptions {
+        crate::suite::executor::SlurmOptions {
+            partition: self.partition.clone(),
+            gres: self.gres.clone(),
+            time: self.time.clone(),
+            array_limit: self.array_limit,
+            sbatch_args: self.sbatch_args.clone(),
+        }
+    }
+
+    /// The first Slurm flag given, for "only with --executor slurm" errors.
+    fn first_given(&self) -> Option<&'static str> {
+        let o = self.options();
+        [
+            (o.partition.is_some(), "--partition"),
+            (o.gres.is_some(), "--gres"),
+            (o.time.is_some(), "--time"),
+            (o.array_limit.is_some(), "--array-limit"),
+            (!o.sbatch_args.is_empty(), "--sbatch-arg"),
+            (self.wait, "--wait"),
+        ]
+        .into_iter()
+        .find(|(given, _)| *given)
+        .map(|(_, f)| f)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -293,6 +362,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Check(a) => check_cmd(a),
         Cmd::Baseline(a) => baseline_cmd(a),
         Cmd::Bench(a) => bench_cmd(a),
+        Cmd::Cancel(a) => cancel_cmd(a),
         Cmd::Eval(a) => eval(a),
         Cmd::Data { cmd: DataCmd::Synth { out, classes, train, test, seed, noise } } => {
             let dir = data::synth::write(&out, classes, train, test, seed, noise)?;
@@ -570,10 +640,35 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
 fn status_cmd(a: PlanArgs) -> anyhow::Result<i32> {
     let (_suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    println!("{:<16} {:<8} {:<34} detail", "id", "state", "run");
+    // A suite submitted to Slurm also shows each run's job array task and its Slurm state.
+    let submitted = !sched::slurm::read_jobs(&a.results, &plan.suite)?.is_empty();
+    let tasks = if submitted {
+        // The harness's own states stand without Slurm (e.g. on a machine without its client).
+        sched::slurm::run_tasks(&a.results, &plan.suite).unwrap_or_else(|e| {
+            eprintln!("warning: cannot read the Slurm states: {e:#}");
+            Default::default()
+        })
+    } else {
+        Default::default()
+    };
+    if submitted {
+        println!("{:<16} {:<8} {:<34} {:<12} {:<12} detail", "id", "state", "run", "slurm job", "slurm state");
+    } else {
+        println!("{:<16} {:<8} {:<34} detail", "id", "state", "run");
+    }
     for i in 0..plan.runs.len() {
         let (state, detail) = sched::state_of(&plan, &a.results, i);
-        println!("{:<16} {:<8} {:<34} {detail}", plan.runs[i].spec.id, state, plan.runs[i].spec.label());
+        let (id, label) = (&plan.runs[i].spec.id, plan.runs[i].spec.label());
+        if submitted {
+            let (job, st) = match tasks.get(id) {
+                Some(t) if t.reason.is_empty() || t.reason == "None" => (t.task.clone(), t.state.clone()),
+                Some(t) => (t.task.clone(), format!("{}({})", t.state, t.reason)),
+                None => ("-".into(), "-".into()),
+            };
+            println!("{id:<16} {state:<8} {label:<34} {job:<12} {st:<12} {detail}");
+        } else {
+            println!("{id:<16} {state:<8} {label:<34} {detail}");
+        }
         *counts.entry(state).or_default() += 1;
     }
     let c: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
@@ -581,12 +676,29 @@ fn status_cmd(a: PlanArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn cancel_cmd(a: PlanArgs) -> anyhow::Result<i32> {
+    let suite = Suite::load(&a.suite)?;
+    let jobs = sched::slurm::cancel(&a.results, &suite.name)?;
+    if jobs.is_empty() {
+        println!("{}: no queued or running Slurm jobs", suite.name);
+    } else {
+        println!("{}: cancelled Slurm job(s) {}; `harness run` resumes the unfinished runs", suite.name, jobs.join(", "));
+    }
+    Ok(0)
+}
+
 fn run(a: RunArgs) -> anyhow::Result<i32> {
-    let (_suite, mut plan, data_dir) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+    let (suite, mut plan, data_dir) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
     if let Some(only) = &a.only {
         plan = sched::filter(&plan, only)?;
     }
-    let devices = sched::parse_devices(&a.devices)?; // validated before any child starts
+    if a.executor == Executor::Slurm {
+        return run_slurm(&a, &suite, &plan, &data_dir);
+    }
+    if let Some(flag) = a.slurm.first_given() {
+        crate::input_bail!("{flag} applies to --executor slurm only (this run uses the local executor)");
+    }
+    let devices = sched::parse_devices(a.devices.as_deref().unwrap_or("auto"))?; // validated before any child starts
     let finished = |r: &crate::suite::PlannedRun| crate::store::RunDir::new(&a.results, &plan.suite, &r.spec.id).is_finished();
     let cached = plan.runs.iter().filter(|r| finished(r)).count();
     println!("suite {}: {} runs ({} teachers, {} students), {} already finished", plan.suite, plan.runs.len(), plan.teachers(), plan.students(), cached);
@@ -607,12 +719,75 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let outcomes = sched::run_plan(&plan, &opts)?;
+    Ok(print_outcomes(&plan, &a.results, &outcomes))
+}
+
+/// Submits the suite to Slurm; with `--wait`, stays until its tasks have left the queue and
+/// reports like the local executor.
+fn run_slurm(a: &RunArgs, suite: &Suite, plan: &Plan, data_dir: &Path) -> anyhow::Result<i32> {
+    for (given, flag, instead) in [
+        (a.devices.is_some(), "--devices", "--gres gpu:1"),
+        (a.jobs != 1, "--jobs", "--array-limit"),
+        (a.per_gpu != 1, "--per-gpu", "--gres"),
+        (a.dry_run, "--dry-run", "`harness plan`"),
+    ] {
+        if given {
+            crate::input_bail!("{flag} applies to the local executor; with --executor slurm use {instead}");
+        }
+    }
+    let flags = a.slurm.options();
+    flags
+        .check()
+        .map_err(|(k, m)| crate::error::InputError::new(format!("--{}: {m}", if k == "sbatch_args" { "sbatch-arg".into() } else { k.replace('_', "-") })))?;
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
+    let submit = sched::slurm::Submit {
+        results: absolute(&a.results)?,
+        data_dir: absolute(data_dir)?,
+        threads: a.threads,
+        retries: a.retries,
+        options: suite.slurm.merged(&flags),
+    };
+    let finished_before: Vec<bool> = plan.runs.iter().map(|r| crate::store::RunDir::new(&a.results, &plan.suite, &r.spec.id).is_finished()).collect();
+    println!(
+        "suite {}: {} runs ({} teachers, {} students), {} already finished",
+        plan.suite,
+        plan.runs.len(),
+        plan.teachers(),
+        plan.students(),
+        finished_before.iter().filter(|f| **f).count()
+    );
+    let jobs = sched::slurm::submit(plan, &submit)?;
+    for j in &jobs {
+        println!("submitted level {}: Slurm job {} ({} run(s), script {})", j.level, j.job_id, j.runs.len(), j.script.display());
+    }
+    if !a.slurm.wait {
+        println!("`harness status {}` shows their state; `harness cancel {}` cancels them", a.suite.display(), a.suite.display());
+        return Ok(0);
+    }
+    sched::slurm::wait(plan, &jobs, std::time::Duration::from_secs(2))?;
+    let outcomes: Vec<Outcome> = (0..plan.runs.len())
+        .map(|i| {
+            let (state, detail) = sched::state_of(plan, &a.results, i);
+            match state.as_str() {
+                "done" if finished_before[i] => Outcome::Cached,
+                "done" => Outcome::Finished,
+                "failed" => Outcome::Failed(detail),
+                "diverged" => Outcome::Diverged(detail),
+                other => Outcome::Skipped(format!("{other} {detail}")),
+            }
+        })
+        .collect();
+    Ok(print_outcomes(plan, &a.results, &outcomes))
+}
+
+/// The end-of-run table and counts; the exit status (1 when a run failed or did not run).
+fn print_outcomes(plan: &Plan, results: &Path, outcomes: &[Outcome]) -> i32 {
     let count = |f: &dyn Fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     let failed = count(&|o| matches!(o, Outcome::Failed(_) | Outcome::Diverged(_)));
     let skipped = count(&|o| matches!(o, Outcome::Skipped(_) | Outcome::Locked));
     println!();
     println!("{:<58} {:>3}  {:>16}  {:>16}", "run group (mean ± std over seeds)", "n", "best top-1 %", "last top-1 %");
-    for (k, v) in sched::summarize(&plan, &a.results) {
+    for (k, v) in sched::summarize(plan, results) {
         let (bm, bs) = sched::mean_std(&v.iter().map(|x| x.0 * 100.0).collect::<Vec<_>>());
         let (lm, ls) = sched::mean_std(&v.iter().map(|x| x.1 * 100.0).collect::<Vec<_>>());
         println!("{k:<58} {:>3}  {:>7.2} ± {:<6.2}  {:>7.2} ± {:<6.2}", v.len(), bm, bs, lm, ls);
@@ -624,9 +799,9 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         count(&|o| *o == Outcome::Cached),
         failed,
         skipped,
-        a.results.join(&plan.suite).display()
+        results.join(&plan.suite).display()
     );
-    Ok(if failed + skipped > 0 { 1 } else { 0 })
+    if failed + skipped > 0 { 1 } else { 0 }
 }
 
 fn eval(a: EvalArgs) -> anyhow::Result<i32> {

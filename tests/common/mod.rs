@@ -42,3 +42,37 @@ pub fn venv_python() -> Option<std::path::PathBuf> {
     let p = home.join("venv/bin/python");
     p.is_file().then_some(p)
 }
+
+/// A teacher (cnn_tiny) and an mlp student trained plainly and with KD, 3 epochs each on digits:
+/// the smallest suite with a DAG (the kd student needs the teacher).
+pub const TINY_KD_SUITE: &str = r#"
+[suite]
+name = "s"
+dataset = "digits"
+seeds = [0]
+
+[train]
+epochs = 3
+batch_size = 128
+milestones = [2]
+
+[teachers.t]
+model = "cnn_tiny"
+
+[grid]
+pair = [{ teacher = "t", student = "mlp" }]
+method = ["ce", "kd"]
+"#;
+
+/// (id, role, method) of every run of a suite, from `harness plan`.
+pub fn ids(dir: &Path, suite: &str) -> Vec<(String, String, String)> {
+    let o = harness(&["plan", suite], dir);
+    text(&o)
+        .lines()
+        .filter(|l| !l.starts_with("id ") && (l.contains(" teacher ") || l.contains(" student ")))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].to_string(), f[4].to_string())
+        })
+        .collect()
+}

@@ -16,10 +16,13 @@
 //! [grid]
 //! pair = [{ teacher = "cnn", student = "cnn_tiny" }]   # array of tables: a zipped axis
 //! method = ["ce", "kd"]                                 # array of values: a crossed axis
+//! [executor.slurm]             # defaults for `harness run --executor slurm` (flags override)
+//! partition = "gpu"            # also gres, time, array_limit, sbatch_args
 //! ```
 //! Grid keys: `teacher`, `teachers` (multi-teacher), `chain` (TAKD), `peers` (online), `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
 //! `teacher.train.<recipe key>`, `teacher.seed`, `<method>.<param>`.
 
+pub mod executor;
 pub mod source;
 pub mod spec;
 
@@ -50,6 +53,8 @@ pub struct Suite {
     pub expected: Vec<Expected>,
     /// `[report]` layout and check settings.
     pub report: ReportSpec,
+    /// `[executor.slurm]` (all `None` when absent).
+    pub slurm: executor::SlurmOptions,
     src: Source,
 }
 
@@ -121,7 +126,7 @@ impl Plan {
     }
 }
 
-const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid", "expected", "report"];
+const SUITE_SECTIONS: &[&str] = &["suite", "train", "teachers", "methods", "grid", "expected", "report", "executor"];
 const REPORT_KEYS: &[&str] = &["rows", "cols", "metric", "baseline", "alpha", "tolerance", "k_se", "min_seeds", "expected_tolerance", "gap_x"];
 
 /// How `harness report` lays out the suite's tables and how `harness check` judges it
@@ -408,7 +413,8 @@ impl Suite {
 
         let expected = parse_expected(&src)?;
         let report = parse_report(&src)?;
-        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, report, src })
+        let slurm = executor::parse(&src)?;
+        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, report, slurm, src })
     }
 
     /// The suite file this was read from.

@@ -266,12 +266,18 @@ fn save_resume(run: &RunDir, stores: &[(String, &nn::VarStore)], opt: &sgd::Sgd,
 }
 
 /// Test hook: `KD_HARNESS_FAULT=panic:<run-id prefix>:<epoch>` panics after that epoch of
-/// matching runs (used by the failure-isolation tests; unset in normal use).
+/// matching runs (used by the failure-isolation tests); `stall:<prefix>:<epoch>` sleeps for ten
+/// minutes instead, so a test can kill the run at a known point (after that epoch's resume state
+/// was written) without racing the training. Unset in normal use.
 fn fault_hook(id: &str, epoch: u32) {
     if let Ok(f) = std::env::var("KD_HARNESS_FAULT") {
         let p: Vec<&str> = f.split(':').collect();
-        if p.len() == 3 && p[0] == "panic" && id.starts_with(p[1]) && p[2] == epoch.to_string() {
-            panic!("injected fault at epoch {epoch} (KD_HARNESS_FAULT)");
+        if p.len() == 3 && id.starts_with(p[1]) && p[2] == epoch.to_string() {
+            match p[0] {
+                "panic" => panic!("injected fault at epoch {epoch} (KD_HARNESS_FAULT)"),
+                "stall" => std::thread::sleep(std::time::Duration::from_secs(600)),
+                _ => {}
+            }
         }
     }
 }

@@ -2,7 +2,10 @@
 //! in its own child process (`harness exec RUN_DIR`) placed on a slot — a GPU (via
 //! `CUDA_VISIBLE_DEVICES`, several runs per GPU with `--per-gpu`) or a CPU job. Teachers run before
 //! the students that need them; a crash, panic or divergence in one run cannot take down the suite,
-//! and a failed teacher marks its students as skipped while the rest goes on.
+//! and a failed teacher marks its students as skipped while the rest goes on. The same child entry
+//! point runs as Slurm array tasks under `--executor slurm` (see [`slurm`]).
+
+pub mod slurm;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -194,18 +197,25 @@ pub fn filter(plan: &Plan, only: &str) -> anyhow::Result<Plan> {
     Ok(Plan { suite: plan.suite.clone(), runs, points: plan.points })
 }
 
-/// Writes every run's `config.json` (idempotent) and executes the unfinished runs.
-pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
-    let n = plan.runs.len();
-    let dirs: Vec<RunDir> = plan.runs.iter().map(|r| RunDir::new(&opts.results, &plan.suite, &r.spec.id)).collect();
-    let mut outcome: Vec<Option<Outcome>> = vec![None; n];
-    for (i, (r, d)) in plan.runs.iter().zip(&dirs).enumerate() {
-        if d.is_finished() {
-            outcome[i] = Some(Outcome::Cached);
-        } else {
+/// The run directories of a plan, with `config.json` written for every unfinished run (what
+/// `harness exec` reads, locally or on a cluster node), and which runs had already finished.
+pub fn prepare(plan: &Plan, results: &Path) -> anyhow::Result<(Vec<RunDir>, Vec<bool>)> {
+    let dirs: Vec<RunDir> = plan.runs.iter().map(|r| RunDir::new(results, &plan.suite, &r.spec.id)).collect();
+    let mut finished = Vec::with_capacity(dirs.len());
+    for (r, d) in plan.runs.iter().zip(&dirs) {
+        finished.push(d.is_finished());
+        if !d.is_finished() {
             crate::store::write_json(&d.config(), &r.spec)?;
         }
     }
+    Ok((dirs, finished))
+}
+
+/// Writes every run's `config.json` (idempotent) and executes the unfinished runs.
+pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
+    let n = plan.runs.len();
+    let (dirs, finished) = prepare(plan, &opts.results)?;
+    let mut outcome: Vec<Option<Outcome>> = finished.iter().map(|&f| f.then_some(Outcome::Cached)).collect();
     let exe = std::env::current_exe().context("locating the harness executable")?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let slots = slots(&opts.devices, opts.per_gpu, opts.jobs);
