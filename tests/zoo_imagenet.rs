@@ -3,7 +3,10 @@
 //! logits equal to PyTorch reference definitions (tests/fixtures/imagenet_reference.py) for the
 //! same weights, when the harness venv's python is there.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::venv_python;
+
+use std::path::Path;
 
 use harness::models::{self, ModelCfg};
 use tch::{Device, Kind, Tensor, nn};
@@ -110,13 +113,6 @@ fn preact_taps_and_forward_tail_of_the_imagenet_resnet() {
     for i in 0..out.feats.len() {
         assert!(out.preact[i].relu().allclose(&out.feats[i], 1e-6, 1e-6, false), "mobilenetv1: relu(preact[{i}]) != feats[{i}]");
     }
-}
-
-pub fn venv_python() -> Option<PathBuf> {
-    let home =
-        std::env::var_os("KD_HARNESS_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kd-harness")))?;
-    let p = home.join("venv/bin/python");
-    p.is_file().then_some(p)
 }
 
 /// Random weights with non-trivial BN statistics, so eval-mode BN is exercised.

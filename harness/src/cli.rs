@@ -31,6 +31,8 @@ pub enum Cmd {
     Baseline(BaselineArgs),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
+    /// Write a finished run's weights as a PyTorch state dict (.safetensors, PyTorch names).
+    Export(ExportArgs),
     /// Dataset utilities.
     Data {
         #[command(subcommand)]
@@ -190,6 +192,15 @@ pub struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A run directory (`results/<suite>/runs/<id>`) with `summary.json` and `model.safetensors`.
+    pub run_dir: PathBuf,
+    /// Output file; loads with `model.load_state_dict(safetensors.torch.load_file(FILE))`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct LossEvalArgs {
     /// Method name (see `harness methods`).
     pub method: String,
@@ -249,6 +260,11 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Check(a) => check_cmd(a),
         Cmd::Baseline(a) => baseline_cmd(a),
         Cmd::Eval(a) => eval(a),
+        Cmd::Export(a) => {
+            let e = models::checkpoint::export_run(&a.run_dir, &a.out)?;
+            println!("exported {} ({} tensors, {} parameters) from {} to {}", e.model, e.tensors, e.params, a.run_dir.display(), a.out.display());
+            Ok(0)
+        }
         Cmd::Data { cmd: DataCmd::Synth { out, classes, train, test, seed, noise } } => {
             let dir = data::synth::write(&out, classes, train, test, seed, noise)?;
             println!("wrote {classes}-class synthetic data ({train} train, {test} test) to {}", dir.display());

@@ -33,3 +33,12 @@ pub fn metrics_without_timing(p: &Path) -> Vec<Vec<String>> {
     }
     rows
 }
+
+/// The harness venv's python (torch installed by the setup script), if there.
+pub fn venv_python() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let home =
+        std::env::var_os("KD_HARNESS_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kd-harness")))?;
+    let p = home.join("venv/bin/python");
+    p.is_file().then_some(p)
+}
