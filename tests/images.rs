@@ -340,3 +340,51 @@ fn a_tiny_imagenet_run_trains_and_exports_for_pytorch() {
     let diff = (&ours - &theirs).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "PyTorch logits differ from the harness's by {diff}");
 }
+
+#[test]
+fn imagenet_eval_streams_the_val_split_through_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = imagenet_tree(dir.path());
+    // `eval` builds models with ImageNet's 1000 classes; a random resnet18 checkpoint.
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m = (harness::models::find("resnet18").unwrap().build)(&vs.root(), harness::models::ModelCfg { in_channels: 3, num_classes: 1000 });
+    let ckpt = dir.path().join("r18.safetensors");
+    vs.save(&ckpt).unwrap();
+    let npy = dir.path().join("logits.npy");
+    let o = harness(
+        &[
+            "eval",
+            "--model",
+            "resnet18",
+            "--dataset",
+            "imagenet",
+            "--checkpoint",
+            "r18.safetensors",
+            "--data-dir",
+            ".",
+            "--device",
+            "cpu",
+            "--save-logits",
+            "logits.npy",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resnet18 on imagenet test (6 images)"), "{}", text(&o));
+    let theirs = tch::Tensor::read_npy(&npy).unwrap();
+    assert_eq!(theirs.size(), vec![6, 1000]);
+    // The same images decoded, resized, centre-cropped and normalised here, one by one.
+    let (_, val) = imagenet::open(&root).unwrap();
+    let info = data::info("imagenet").unwrap();
+    let mean = tch::Tensor::from_slice(info.mean).to_kind(tch::Kind::Float).view([1, 3, 1, 1]);
+    let std = tch::Tensor::from_slice(info.std).to_kind(tch::Kind::Float).view([1, 3, 1, 1]);
+    for (i, (p, _)) in val.samples.iter().enumerate() {
+        let mut bytes = Vec::new();
+        jpeg::push_chw(&imagenet::eval_view(&jpeg::read(p).unwrap()), &mut bytes);
+        let x = (tch::Tensor::from_slice(&bytes).view([1, 3, 224, 224]).to_kind(tch::Kind::Float) / 255.0 - &mean) / &std;
+        let ours = tch::no_grad(|| m.forward(&x, false)).logits;
+        let diff = (&ours - theirs.get(i as i64)).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "val image {i}: logits differ by {diff}");
+    }
+}

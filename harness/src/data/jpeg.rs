@@ -30,8 +30,19 @@ pub fn encode(img: &RgbImage, quality: u8) -> anyhow::Result<Vec<u8>> {
 
 /// HWC interleaved RGB → CHW planes, appended to `out` (the layout of the uint8 tensors).
 pub fn push_chw(img: &RgbImage, out: &mut Vec<u8>) {
-    let raw = img.as_raw();
-    for c in 0..3 {
-        out.extend(raw.iter().skip(c).step_by(3));
+    let start = out.len();
+    out.resize(start + img.as_raw().len(), 0);
+    write_chw(img, &mut out[start..]);
+}
+
+/// HWC interleaved RGB → CHW planes in `out` (exactly 3·W·H bytes).
+pub fn write_chw(img: &RgbImage, out: &mut [u8]) {
+    let plane = (img.width() * img.height()) as usize;
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        r[i] = px[0];
+        g[i] = px[1];
+        b[i] = px[2];
     }
 }

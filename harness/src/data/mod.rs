@@ -168,7 +168,8 @@ pub fn read(name: &str, dir: &Path) -> anyhow::Result<(&'static DatasetInfo, Raw
             let (train, val) = imagenet::open(dir)?;
             crate::input_bail!(
                 "{}: ImageNet ({} classes, {} train / {} val images) is streamed from disk, and the training loop \
-                 only trains on in-memory datasets so far; `imagenet` cannot be trained or evaluated by `harness` yet",
+                 only trains on in-memory datasets so far: `harness run` cannot train on it yet \
+                 (`harness eval --dataset imagenet` evaluates a checkpoint on its val split)",
                 train.root.parent().unwrap_or(&train.root).display(),
                 train.classes.len(),
                 train.samples.len(),

@@ -98,25 +98,19 @@ pub fn samples(root: &Path) -> anyhow::Result<(Vec<String>, Vec<(PathBuf, i64)>,
     Ok((ids, train, val))
 }
 
-/// Decodes a list of 64×64 images in parallel into a split (CHW uint8).
+/// Decodes a list of 64×64 images in parallel into a split (CHW uint8), each straight into its
+/// slot of one buffer (110,000 images are 1.35 GB; no second copy).
 pub fn decode_split(files: &[(PathBuf, i64)]) -> anyhow::Result<RawSplit> {
     let per = (3 * SIDE * SIDE) as usize;
-    let images: Vec<Vec<u8>> = files
-        .par_iter()
-        .map(|(p, _)| -> anyhow::Result<Vec<u8>> {
-            let img = jpeg::read(p)?;
-            if img.dimensions() != (SIDE, SIDE) {
-                return Err(input(format!("{}: image is {}x{}, expected {SIDE}x{SIDE} (Tiny-ImageNet)", p.display(), img.width(), img.height())));
-            }
-            let mut v = Vec::with_capacity(per);
-            jpeg::push_chw(&img, &mut v);
-            Ok(v)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut x = Vec::with_capacity(per * images.len());
-    for i in images {
-        x.extend_from_slice(&i);
-    }
+    let mut x = vec![0u8; per * files.len()];
+    x.par_chunks_mut(per).zip(files.par_iter()).try_for_each(|(slot, (p, _))| -> anyhow::Result<()> {
+        let img = jpeg::read(p)?;
+        if img.dimensions() != (SIDE, SIDE) {
+            return Err(input(format!("{}: image is {}x{}, expected {SIDE}x{SIDE} (Tiny-ImageNet)", p.display(), img.width(), img.height())));
+        }
+        jpeg::write_chw(&img, slot);
+        Ok(())
+    })?;
     Ok(RawSplit { x, y: files.iter().map(|(_, y)| *y).collect() })
 }
 
