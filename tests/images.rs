@@ -215,6 +215,9 @@ fn imagenet_transforms_follow_torchvision() {
     }
     let v = imagenet::eval_view(&img);
     assert_eq!(v.dimensions(), (224, 224));
+    // CenterCrop's offset is Python's round((289 - 224) / 2) = round(32.5) = 32 (half to even).
+    let rows = RgbImage::from_fn(256, 289, |_, y| Rgb([y.min(255) as u8, 0, 0]));
+    assert_eq!(imagenet::eval_view(&rows).get_pixel(0, 0)[0], 32);
     // 512×256 → 512×256 (already 256 short side): crop columns 144..368, the edge at 256 → 112.
     assert!(v.get_pixel(100, 50)[0] < 10 && v.get_pixel(124, 50)[0] > 245, "{:?} {:?}", v.get_pixel(100, 50), v.get_pixel(124, 50));
 }

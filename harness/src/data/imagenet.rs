@@ -110,6 +110,7 @@ pub fn fingerprint(train: &ImageFolder, val: &ImageFolder) -> anyhow::Result<Str
 }
 
 /// torchvision's `RandomResizedCrop.get_params`: (top, left, height, width) of the crop.
+/// Rounding is Python's `round` (half to even), here and in [`eval_view`].
 pub fn rrc_params(w: u32, h: u32, rng: &mut impl Rng) -> (u32, u32, u32, u32) {
     let (wf, hf) = (w as f64, h as f64);
     let area = wf * hf;
@@ -117,17 +118,17 @@ pub fn rrc_params(w: u32, h: u32, rng: &mut impl Rng) -> (u32, u32, u32, u32) {
     for _ in 0..10 {
         let target = area * rng.gen_range(0.08..1.0);
         let aspect = rng.gen_range(lo..hi).exp();
-        let cw = (target * aspect).sqrt().round() as u32;
-        let ch = (target / aspect).sqrt().round() as u32;
+        let cw = (target * aspect).sqrt().round_ties_even() as u32;
+        let ch = (target / aspect).sqrt().round_ties_even() as u32;
         if cw > 0 && cw <= w && ch > 0 && ch <= h {
             return (rng.gen_range(0..=h - ch), rng.gen_range(0..=w - cw), ch, cw);
         }
     }
     let ratio = wf / hf;
     let (cw, ch) = if ratio < 3.0 / 4.0 {
-        (w, ((wf / (3.0 / 4.0)).round() as u32).clamp(1, h))
+        (w, ((wf / (3.0 / 4.0)).round_ties_even() as u32).clamp(1, h))
     } else if ratio > 4.0 / 3.0 {
-        (((hf * (4.0 / 3.0)).round() as u32).clamp(1, w), h)
+        (((hf * (4.0 / 3.0)).round_ties_even() as u32).clamp(1, w), h)
     } else {
         (w, h)
     };
@@ -150,8 +151,8 @@ pub fn eval_view(img: &RgbImage) -> RgbImage {
     let (w, h) = img.dimensions();
     let (nw, nh) = if w <= h { (RESIZE, ((RESIZE as u64 * h as u64) / w as u64) as u32) } else { (((RESIZE as u64 * w as u64) / h as u64) as u32, RESIZE) };
     let r = imageops::resize(img, nw, nh, FilterType::Triangle);
-    let top = ((nh - CROP) as f64 / 2.0).round() as u32;
-    let left = ((nw - CROP) as f64 / 2.0).round() as u32;
+    let top = ((nh - CROP) as f64 / 2.0).round_ties_even() as u32;
+    let left = ((nw - CROP) as f64 / 2.0).round_ties_even() as u32;
     imageops::crop_imm(&r, left, top, CROP, CROP).to_image()
 }
 
