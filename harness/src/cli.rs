@@ -38,6 +38,8 @@ pub enum Cmd {
     Cancel(PlanArgs),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
+    /// Write a finished run's weights as a PyTorch state dict (.safetensors, PyTorch names).
+    Export(ExportArgs),
     /// Dataset utilities.
     Data {
         #[command(subcommand)]
@@ -303,6 +305,15 @@ pub struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A run directory (`results/<suite>/runs/<id>`) with `summary.json` and `model.safetensors`.
+    pub run_dir: PathBuf,
+    /// Output file; loads with `model.load_state_dict(safetensors.torch.load_file(FILE))`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct LossEvalArgs {
     /// Method name (see `harness methods`).
     pub method: String,
@@ -364,6 +375,11 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Bench(a) => bench_cmd(a),
         Cmd::Cancel(a) => cancel_cmd(a),
         Cmd::Eval(a) => eval(a),
+        Cmd::Export(a) => {
+            let e = models::checkpoint::export_run(&a.run_dir, &a.out)?;
+            println!("exported {} ({} tensors, {} parameters) from {} to {}", e.model, e.tensors, e.params, a.run_dir.display(), a.out.display());
+            Ok(0)
+        }
         Cmd::Data { cmd: DataCmd::Synth { out, classes, train, test, seed, noise } } => {
             let dir = data::synth::write(&out, classes, train, test, seed, noise)?;
             println!("wrote {classes}-class synthetic data ({train} train, {test} test) to {}", dir.display());
@@ -372,11 +388,11 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Doctor => doctor(),
         Cmd::Models => {
-            println!("{:<12} {:<14} {:>12}  input", "model", "family", "params(100)");
+            println!("{:<12} {:<16} {:>12}  input", "model", "family", "params(100)");
             for e in models::entries() {
                 let n = models::count_params(e, models::ModelCfg { in_channels: e.input.map(|i| i.0).unwrap_or(3), num_classes: 100 });
                 let input = e.input.map(|(c, h, w)| format!("{c}x{h}x{w}")).unwrap_or_else(|| "any".into());
-                println!("{:<12} {:<14} {:>12}  {input}", e.name, e.family, n);
+                println!("{:<12} {:<16} {:>12}  {input}", e.name, e.family, n);
             }
             Ok(0)
         }
@@ -807,16 +823,28 @@ fn print_outcomes(plan: &Plan, results: &Path, outcomes: &[Outcome]) -> i32 {
 fn eval(a: EvalArgs) -> anyhow::Result<i32> {
     let device = env::parse_device(&a.device)?;
     let dir = data::resolve_dir(a.data.data_dir.as_deref(), None);
-    let data = data::Dataset::load(&a.dataset, &dir, device)?;
-    let mut net = train::build(&a.model, &data, device)?;
-    models::checkpoint::load_strict(&mut net.vs, &a.checkpoint, &a.model)?;
-    let logits = train::test_logits(net.model.as_ref(), &data);
-    let e = train::evaluate(&logits, &data.test_y);
+    let (logits, labels) = if a.dataset == "imagenet" {
+        // Streamed: the val split is decoded batch by batch, never held in memory.
+        let (_, val) = data::imagenet::open(&dir)?;
+        let info = data::info("imagenet").ok_or_else(|| anyhow::anyhow!("imagenet is registered"))?;
+        let entry = models::find(&a.model)
+            .ok_or_else(|| crate::error::InputError::new(format!("unknown model `{}`; allowed: {}", a.model, models::names().join(", "))))?;
+        let mut vs = tch::nn::VarStore::new(device);
+        let model = (entry.build)(&vs.root(), models::ModelCfg { in_channels: info.shape.0, num_classes: info.classes });
+        models::checkpoint::load_strict(&mut vs, &a.checkpoint, &a.model)?;
+        train::streamed_test_logits(model.as_ref(), std::sync::Arc::new(val.samples), info, device)?
+    } else {
+        let data = data::Dataset::load(&a.dataset, &dir, device)?;
+        let mut net = train::build(&a.model, &data, device)?;
+        models::checkpoint::load_strict(&mut net.vs, &a.checkpoint, &a.model)?;
+        (train::test_logits(net.model.as_ref(), &data), data.test_y.shallow_clone())
+    };
+    let e = train::evaluate(&logits, &labels);
     println!(
         "{} on {} test ({} images): top-1 {:.2}%  top-5 {:.2}%  ECE-15 {:.2}%  loss {:.4}",
         a.model,
         a.dataset,
-        data.test_len(),
+        labels.size()[0],
         e.top1 * 100.0,
         e.top5 * 100.0,
         e.ece * 100.0,

@@ -1,12 +1,17 @@
-//! Datasets: readers (CIFAR in both layouts, digits, synthetic), fingerprints, and the
-//! device-resident pipeline. The whole dataset lives on the training device as uint8;
-//! augmentation (random crop with zero padding, horizontal flip) and normalisation are tensor
-//! ops on that device, drawn from the global generator that the loop seeds per run and epoch.
+//! Datasets: readers (CIFAR in both layouts, digits, synthetic, Tiny-ImageNet), fingerprints,
+//! and the device-resident pipeline. The whole dataset lives on the training device as uint8;
+//! augmentation (random crop with zero padding, horizontal flip, random rotation) and
+//! normalisation are tensor ops on that device, drawn from the global generator that the loop
+//! seeds per run and epoch. ImageNet is too large for that and is streamed instead
+//! ([`imagenet::Loader`]), which the training loop does not consume yet.
 
 pub mod cifar;
 pub mod digits;
+pub mod imagenet;
+pub mod jpeg;
 pub mod pickle;
 pub mod synth;
+pub mod tiny_imagenet;
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +30,9 @@ pub struct DatasetInfo {
     pub pad: i64,
     /// Whether horizontal flips preserve the label.
     pub flip: bool,
+    /// Random rotation range in degrees (torchvision's `RandomRotation`: uniform angle, nearest
+    /// neighbour, zero fill); 0 for none.
+    pub rotate: f64,
     pub about: &'static str,
 }
 
@@ -38,6 +46,7 @@ pub static DATASETS: &[DatasetInfo] = &[
         std: &[0.2470, 0.2435, 0.2616],
         pad: 4,
         flip: true,
+        rotate: 0.0,
         about: "CIFAR-10 from disk (torchvision or binary layout)",
     },
     DatasetInfo {
@@ -48,6 +57,7 @@ pub static DATASETS: &[DatasetInfo] = &[
         std: &[0.2675, 0.2565, 0.2761],
         pad: 4,
         flip: true,
+        rotate: 0.0,
         about: "CIFAR-100 from disk (torchvision or binary layout)",
     },
     DatasetInfo {
@@ -58,7 +68,32 @@ pub static DATASETS: &[DatasetInfo] = &[
         std: &[0.3762],
         pad: 1,
         flip: false,
+        rotate: 0.0,
         about: "UCI handwritten digits, 8x8, 1437 train / 360 test (embedded)",
+    },
+    // mdistiller's Tiny-ImageNet recipe: RandomRotation(20) + flip, no crop; its normalisation.
+    DatasetInfo {
+        name: "tiny-imagenet",
+        shape: (3, 64, 64),
+        classes: 200,
+        mean: &[0.4802, 0.4481, 0.3975],
+        std: &[0.2302, 0.2265, 0.2262],
+        pad: 0,
+        flip: true,
+        rotate: 20.0,
+        about: "Tiny-ImageNet-200 from tiny-imagenet-200/ (64x64 JPEGs, 100k train / 10k val), decoded into memory",
+    },
+    // Streamed with RandomResizedCrop(224) + flip / Resize(256) + CenterCrop(224) (data::imagenet).
+    DatasetInfo {
+        name: "imagenet",
+        shape: (3, 224, 224),
+        classes: 1000,
+        mean: &[0.485, 0.456, 0.406],
+        std: &[0.229, 0.224, 0.225],
+        pad: 0,
+        flip: true,
+        rotate: 0.0,
+        about: "ImageNet-1k in ImageFolder layout (train/<class>/*.JPEG, val/<class>/*.JPEG), streamed; not trainable by `run` yet",
     },
 ];
 
@@ -126,6 +161,20 @@ pub fn read(name: &str, dir: &Path) -> anyhow::Result<(&'static DatasetInfo, Raw
                 let (a, b) = digits::load_from(digits::CSV_GZ, "embedded digits.csv.gz")?;
                 (a, b, "embedded digits.csv.gz".to_string())
             }
+        }
+        "tiny-imagenet" => tiny_imagenet::load(dir)?,
+        "imagenet" => {
+            // Validate the tree so the message can say what is there, then refuse honestly.
+            let (train, val) = imagenet::open(dir)?;
+            crate::input_bail!(
+                "{}: ImageNet ({} classes, {} train / {} val images) is streamed from disk, and the training loop \
+                 only trains on in-memory datasets so far: `harness run` cannot train on it yet \
+                 (`harness eval --dataset imagenet` evaluates a checkpoint on its val split)",
+                train.root.parent().unwrap_or(&train.root).display(),
+                train.classes.len(),
+                train.samples.len(),
+                val.samples.len()
+            );
         }
         _ => unreachable!("dataset table and reader match are in sync"),
     };
@@ -246,6 +295,9 @@ impl Dataset {
         let mut x = self.train_x.index_select(0, idx);
         if augment {
             x = crop_flip(&x, self.info.pad, self.info.flip);
+            if self.info.rotate > 0.0 {
+                x = rotate(&x, self.info.rotate);
+            }
         }
         (self.normalize(&x), self.train_y.index_select(0, idx), idx.shallow_clone())
     }
@@ -321,4 +373,19 @@ pub fn crop_flip(x: &Tensor, pad: i64, flip: bool) -> Tensor {
     let bi = Tensor::arange(b, opts).view([b, 1, 1, 1]);
     let ci = Tensor::arange(c, opts).view([1, c, 1, 1]);
     padded.index(&[Some(bi), Some(ci), Some(rows.view([b, 1, h, 1])), Some(cols.view([b, 1, 1, w]))])
+}
+
+/// Rotates each image about its centre by an angle drawn uniformly from ±`degrees`, nearest
+/// neighbour with zero fill (torchvision's `RandomRotation` defaults). Returns float images in
+/// the input's 0..255 range (nearest sampling keeps the values).
+pub fn rotate(x: &Tensor, degrees: f64) -> Tensor {
+    let b = x.size()[0];
+    let dev = x.device();
+    let a = (Tensor::rand([b], (Kind::Float, dev)) * 2.0 - 1.0) * degrees.to_radians();
+    let (c, s) = (a.cos(), a.sin());
+    let z = a.zeros_like();
+    let theta = Tensor::stack(&[&c, &(-&s), &z, &s, &c, &z], 1).view([b, 2, 3]);
+    let grid = Tensor::affine_grid_generator(&theta, x.size(), false);
+    // interpolation 1 = nearest, padding 0 = zeros.
+    x.to_kind(Kind::Float).grid_sampler(&grid, 1, 0, false)
 }

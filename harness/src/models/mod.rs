@@ -6,8 +6,10 @@
 //! existing family), plus one line in [`FAMILIES`].
 
 pub mod checkpoint;
+pub mod mobilenetv1;
 pub mod mobilenetv2;
 pub mod resnet_cifar;
+pub mod resnet_imagenet;
 pub mod resnet_v2;
 pub mod shufflenet;
 pub mod small;
@@ -60,8 +62,17 @@ pub struct ModelEntry {
 }
 
 /// Every model family; `harness models` lists their entries in this order.
-pub static FAMILIES: &[&[ModelEntry]] =
-    &[small::ENTRIES, resnet_cifar::ENTRIES, wrn::ENTRIES, vgg::ENTRIES, resnet_v2::ENTRIES, mobilenetv2::ENTRIES, shufflenet::ENTRIES];
+pub static FAMILIES: &[&[ModelEntry]] = &[
+    small::ENTRIES,
+    resnet_cifar::ENTRIES,
+    wrn::ENTRIES,
+    vgg::ENTRIES,
+    resnet_v2::ENTRIES,
+    mobilenetv2::ENTRIES,
+    shufflenet::ENTRIES,
+    resnet_imagenet::ENTRIES,
+    mobilenetv1::ENTRIES,
+];
 
 /// All entries.
 pub fn entries() -> impl Iterator<Item = &'static ModelEntry> {

@@ -13,13 +13,15 @@ pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "ResNet50", family: "resnet_v2", input: CIFAR, build: |p, c| Box::new(ResNet::new(p, c, true, [3, 4, 6, 3])) },
 ];
 
-struct Block {
+/// A basic (two 3×3) or bottleneck (1×1, 3×3 strided, 1×1 ×4) residual block; also the
+/// torchvision ImageNet block, which differs only in naming its projection `downsample`.
+pub(super) struct Block {
     convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
     shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
 }
 
 impl Block {
-    fn new(p: nn::Path, cin: i64, planes: i64, stride: i64, bottleneck: bool) -> (Block, i64) {
+    fn new(p: nn::Path, cin: i64, planes: i64, stride: i64, bottleneck: bool, shortcut: &str) -> (Block, i64) {
         let (convs, out) = if bottleneck {
             let out = planes * 4;
             (
@@ -39,12 +41,12 @@ impl Block {
                 planes,
             )
         };
-        let shortcut = (stride != 1 || cin != out).then(|| (conv(&p / "shortcut" / 0, cin, out, 1, stride, 0), bn(&p / "shortcut" / 1, out)));
+        let shortcut = (stride != 1 || cin != out).then(|| (conv(&p / shortcut / 0, cin, out, 1, stride, 0), bn(&p / shortcut / 1, out)));
         (Block { convs, shortcut }, out)
     }
 
     /// Returns (output, pre-activation sum).
-    fn forward(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+    pub(super) fn forward(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
         let mut h = x.shallow_clone();
         let last = self.convs.len() - 1;
         for (i, (c, n)) in self.convs.iter().enumerate() {
@@ -69,20 +71,27 @@ struct ResNet {
     linear: nn::Linear,
 }
 
+/// `layer1..4` of 64, 128, 256, 512 planes with `nb` blocks each (stride 2 from layer2 on), on a
+/// 64-channel stem; returns the stages and their output width.
+pub(super) fn layers(p: &nn::Path, bottleneck: bool, nb: [i64; 4], shortcut: &str) -> (Vec<Vec<Block>>, i64) {
+    let mut cin = 64;
+    let mut layers = Vec::new();
+    for (s, (&planes, &n)) in [64i64, 128, 256, 512].iter().zip(nb.iter()).enumerate() {
+        let lp = p / format!("layer{}", s + 1);
+        let mut blocks = Vec::new();
+        for i in 0..n {
+            let (b, out) = Block::new(&lp / i, cin, planes, if i == 0 && s > 0 { 2 } else { 1 }, bottleneck, shortcut);
+            cin = out;
+            blocks.push(b);
+        }
+        layers.push(blocks);
+    }
+    (layers, cin)
+}
+
 impl ResNet {
     fn new(p: &nn::Path, c: ModelCfg, bottleneck: bool, nb: [i64; 4]) -> ResNet {
-        let mut cin = 64;
-        let mut layers = Vec::new();
-        for (s, (&planes, &n)) in [64i64, 128, 256, 512].iter().zip(nb.iter()).enumerate() {
-            let lp = p / format!("layer{}", s + 1);
-            let mut blocks = Vec::new();
-            for i in 0..n {
-                let (b, out) = Block::new(&lp / i, cin, planes, if i == 0 && s > 0 { 2 } else { 1 }, bottleneck);
-                cin = out;
-                blocks.push(b);
-            }
-            layers.push(blocks);
-        }
+        let (layers, cin) = layers(p, bottleneck, nb, "shortcut");
         ResNet {
             conv1: conv(p / "conv1", c.in_channels, 64, 3, 1, 1),
             bn1: bn(p / "bn1", 64),

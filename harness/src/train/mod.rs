@@ -66,6 +66,29 @@ pub fn test_logits(model: &dyn Model, data: &Dataset) -> Tensor {
     })
 }
 
+/// Logits (CPU, float32) and labels of a streamed evaluation split (ImageNet's val: Resize 256 +
+/// CenterCrop 224, file order), normalised with the dataset's mean and std on `device`.
+pub fn streamed_test_logits(
+    model: &dyn Model,
+    samples: std::sync::Arc<Vec<(PathBuf, i64)>>,
+    info: &crate::data::DatasetInfo,
+    device: Device,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    use crate::data::imagenet::{Loader, LoaderCfg, Mode};
+    let c = info.shape.0;
+    let mean = Tensor::from_slice(info.mean).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
+    let std = Tensor::from_slice(info.std).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
+    let cfg = LoaderCfg { batch_size: EVAL_BATCH as usize, mode: Mode::Eval, seed: 0, epoch: 0, prefetch: 4, threads: rayon::current_num_threads() };
+    let (mut logits, mut labels) = (Vec::new(), Vec::new());
+    for batch in Loader::new(samples, cfg)? {
+        let (x, y) = batch?.tensors();
+        let x = (x.to_device(device).to_kind(Kind::Float) / 255.0 - &mean) / &std;
+        logits.push(tch::no_grad(|| model.forward(&x, false)).logits.to_device(Device::Cpu).to_kind(Kind::Float));
+        labels.push(y);
+    }
+    Ok((Tensor::cat(&logits, 0), Tensor::cat(&labels, 0)))
+}
+
 /// Accuracy-type metrics of a set of logits.
 #[derive(Clone, Copy, Debug)]
 pub struct Eval {

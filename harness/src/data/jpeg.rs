@@ -1,0 +1,48 @@
+//! JPEG decoding to RGB bytes (grayscale and CMYK files are converted, as PIL's
+//! `convert("RGB")` in torchvision's loader does), with errors that name the file, and the
+//! encoder the tests and benchmarks use to build image trees.
+
+use std::path::Path;
+
+use image::{ImageFormat, RgbImage};
+
+use crate::error::InputError;
+
+/// Decodes JPEG `bytes` read from `path` into an RGB image.
+pub fn decode(bytes: &[u8], path: &Path) -> anyhow::Result<RgbImage> {
+    let img =
+        image::load_from_memory_with_format(bytes, ImageFormat::Jpeg).map_err(|e| InputError::new(format!("{}: not a decodable JPEG: {e}", path.display())))?;
+    Ok(img.to_rgb8())
+}
+
+/// Reads and decodes one JPEG file.
+pub fn read(path: &Path) -> anyhow::Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| InputError::new(format!("{}: cannot read: {e}", path.display())))?;
+    decode(&bytes, path)
+}
+
+/// Encodes an RGB image as JPEG at `quality` (1..=100).
+pub fn encode(img: &RgbImage, quality: u8) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(img).map_err(|e| anyhow::anyhow!("JPEG encoding: {e}"))?;
+    Ok(out)
+}
+
+/// HWC interleaved RGB → CHW planes, appended to `out` (the layout of the uint8 tensors).
+pub fn push_chw(img: &RgbImage, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + img.as_raw().len(), 0);
+    write_chw(img, &mut out[start..]);
+}
+
+/// HWC interleaved RGB → CHW planes in `out` (exactly 3·W·H bytes).
+pub fn write_chw(img: &RgbImage, out: &mut [u8]) {
+    let plane = (img.width() * img.height()) as usize;
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        r[i] = px[0];
+        g[i] = px[1];
+        b[i] = px[2];
+    }
+}
