@@ -34,6 +34,8 @@ fn spec(model: &str, method: &str, seed: u64, role: Role, teachers: Vec<TeacherR
         peers: vec![],
         save_model: role == Role::Teacher,
         exclusive: false,
+        prune: None,
+        student_from_teacher: false,
     };
     s.id = s.compute_id();
     s
@@ -75,6 +77,8 @@ fn finished_with(results: &Path, s: &RunSpec, last: f64, teacher_top1: f64) {
         wall_time_s: 10.0,
         images_per_s: 100.0,
         finished_unix: 1_700_000_000,
+        pruned: None,
+        student_widths: None,
     };
     write_json(&d.summary(), &summary).unwrap();
 }

@@ -32,6 +32,8 @@ fn records(n_groups: usize, seeds: usize) -> Vec<Record> {
                 peers: vec![],
                 save_model: false,
                 exclusive: false,
+                prune: None,
+                student_from_teacher: false,
             };
             let acc = 0.7 + 0.001 * ((g * 7 + seed * 13) % 50) as f64;
             let summary = Summary {
@@ -54,6 +56,8 @@ fn records(n_groups: usize, seeds: usize) -> Vec<Record> {
                 wall_time_s: 3600.0,
                 images_per_s: 5000.0,
                 finished_unix: 0,
+                pruned: None,
+                student_widths: None,
             };
             let config = report::load::flatten(&spec);
             out.push(Record {

@@ -47,6 +47,26 @@ pub struct Summary {
     /// Training images per second (training steps only, evaluation excluded).
     pub images_per_s: f64,
     pub finished_unix: u64,
+    /// Pruning stages only: what was requested, the parent, and the sparsity measured by counting
+    /// zeros in the saved weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<PruneSummary>,
+    /// Conv widths of a student formed from its pruned teacher (prune-then-distill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_widths: Option<Vec<i64>>,
+}
+
+/// The pruning record of a pruned model's summary.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PruneSummary {
+    pub method: String,
+    pub round: u32,
+    pub rounds: u32,
+    /// The sparsity the suite asked for (the whole schedule's target).
+    pub target: f64,
+    /// The model this one was pruned from (provenance).
+    pub parent: crate::suite::TeacherRef,
+    pub measured: crate::train::prune::Measured,
 }
 
 /// One run's directory.
@@ -74,6 +94,10 @@ impl RunDir {
     }
     pub fn model(&self) -> PathBuf {
         self.path.join("model.safetensors")
+    }
+    /// Pruning masks of a pruned run (0 = pruned), saved next to its checkpoint.
+    pub fn masks(&self) -> PathBuf {
+        self.path.join("mask.safetensors")
     }
     pub fn log(&self) -> PathBuf {
         self.path.join("log.txt")

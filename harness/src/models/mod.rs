@@ -89,6 +89,55 @@ pub fn names() -> Vec<&'static str> {
     entries().map(|e| e.name).collect()
 }
 
+/// Builds `name`'s architecture with each conv's output channels set from `widths` (layer order):
+/// the student prune-then-distill forms from a pruned teacher (spec §7). `None` where the family
+/// has no width plan (only the plain CNNs and VGGs have one) or the count of widths is wrong.
+pub fn build_with_widths(name: &str, p: &nn::Path, cfg: ModelCfg, widths: &[i64]) -> Option<Box<dyn Model>> {
+    match name {
+        "cnn_small" | "cnn_tiny" if !widths.is_empty() => Some(small::cnn_with_widths(p, cfg, widths)),
+        _ => vgg::with_widths(p, cfg, name, widths),
+    }
+}
+
+/// Whether [`build_with_widths`] supports a model.
+pub fn has_width_plan(name: &str) -> bool {
+    matches!(name, "cnn_small" | "cnn_tiny" | "vgg8" | "vgg11" | "vgg13" | "vgg16" | "vgg19")
+}
+
+/// Conv weights (4-d `*.weight`) of a store in layer order: names compared with their digit runs
+/// as numbers, so `conv10` follows `conv9` and `block1.3` follows `block1.0`.
+pub fn conv_weights_in_order(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    fn natural(s: &str) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        let mut num = String::new();
+        let mut txt = String::new();
+        for ch in s.chars() {
+            if ch.is_ascii_digit() {
+                if !txt.is_empty() {
+                    out.push((u64::MAX, std::mem::take(&mut txt)));
+                }
+                num.push(ch);
+            } else {
+                if !num.is_empty() {
+                    out.push((num.parse().unwrap_or(u64::MAX - 1), String::new()));
+                    num.clear();
+                }
+                txt.push(ch);
+            }
+        }
+        if !num.is_empty() {
+            out.push((num.parse().unwrap_or(u64::MAX - 1), String::new()));
+        }
+        if !txt.is_empty() {
+            out.push((u64::MAX, txt));
+        }
+        out
+    }
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, t)| n.ends_with(".weight") && t.dim() == 4).collect();
+    v.sort_by_key(|(n, _)| natural(n));
+    v
+}
+
 /// Number of trainable parameters (BN running statistics excluded, as PyTorch's `parameters()`).
 pub fn param_count(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64

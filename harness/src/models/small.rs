@@ -11,6 +11,12 @@ pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "cnn_tiny", family: "small", input: None, build: |p, c| Box::new(Cnn::new(p, c, &[16, 32])) },
 ];
 
+/// A `cnn_*` with the given conv widths (one per conv, stem first): the student plan of
+/// prune-then-distill on the digits.
+pub fn cnn_with_widths(p: &nn::Path, c: ModelCfg, widths: &[i64]) -> Box<dyn Model> {
+    Box::new(Cnn::new(p, c, widths))
+}
+
 /// Two hidden layers of 128 units on the flattened image (input size fixed at first forward
 /// via a lazy-free design: the first layer takes C·H·W, so the digits shape is assumed).
 struct Mlp {

@@ -41,8 +41,29 @@ impl Vgg {
             }
             blocks.push(layers);
         }
-        Vgg { blocks, classifier: nn::linear(p / "classifier", 512, c.num_classes, Default::default()) }
+        // 512 for every shipped configuration; a width plan may end narrower.
+        Vgg { blocks, classifier: nn::linear(p / "classifier", cin, c.num_classes, Default::default()) }
     }
+}
+
+/// `name`'s VGG with its convs' widths replaced by `widths` (layer order, same block structure
+/// and pooling): prune-then-distill's student formed from a pruned teacher (`vgg19-rwd-st*`).
+pub fn with_widths(p: &nn::Path, c: ModelCfg, name: &str, widths: &[i64]) -> Option<Box<dyn Model>> {
+    let template = match name {
+        "vgg8" => S,
+        "vgg11" => A,
+        "vgg13" => B,
+        "vgg16" => D,
+        "vgg19" => E,
+        _ => return None,
+    };
+    if template.iter().map(|b| b.len()).sum::<usize>() != widths.len() {
+        return None;
+    }
+    let mut it = widths.iter().copied();
+    let blocks: Vec<Vec<i64>> = template.iter().map(|b| b.iter().filter_map(|_| it.next()).collect()).collect();
+    let refs: Vec<&[i64]> = blocks.iter().map(Vec::as_slice).collect();
+    Some(Box::new(Vgg::new(p, c, &refs)))
 }
 
 impl Model for Vgg {

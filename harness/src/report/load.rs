@@ -60,7 +60,8 @@ pub struct Record {
     pub epochs: (Vec<String>, Vec<Vec<Option<f64>>>),
 }
 
-/// Accuracy-type summary fields in percent (KD papers report percent); the rest as stored.
+/// Accuracy-type summary fields in percent (KD papers report percent); the rest as stored
+/// (sparsity as a fraction).
 pub const METRICS: &[&str] = &[
     "best_top1",
     "last_top1",
@@ -76,6 +77,7 @@ pub const METRICS: &[&str] = &[
     "entropy",
     "nontarget_mass",
     "class_similarity",
+    "sparsity",
 ];
 
 impl Record {
@@ -99,6 +101,8 @@ impl Record {
             "entropy" => Some(s.output_stats.entropy),
             "nontarget_mass" => Some(s.output_stats.nontarget_mass),
             "class_similarity" => Some(s.output_stats.class_similarity),
+            // Measured fraction of zero prunable weights of a pruned model (not assumed).
+            "sparsity" => s.pruned.as_ref().map(|p| p.measured.sparsity),
             _ => None,
         }
     }
@@ -229,6 +233,15 @@ pub fn flatten(spec: &RunSpec) -> BTreeMap<String, Cell> {
             m.insert(format!("train.{k}"), c);
         }
     }
+    if let Some(p) = &spec.prune {
+        m.insert("prune.method".into(), Cell::S(p.method.clone()));
+        m.insert("prune.target".into(), Cell::F(p.target));
+        m.insert("prune.round".into(), Cell::I(p.round as i64));
+        m.insert("prune.rounds".into(), Cell::I(p.rounds as i64));
+    }
+    if spec.student_from_teacher {
+        m.insert("student_from_teacher".into(), Cell::B(true));
+    }
     for (k, v) in &spec.params {
         let c = match v {
             ParamValue::Bool(b) => Cell::B(*b),
@@ -267,6 +280,16 @@ fn group_of(spec: &RunSpec, specs: &HashMap<String, RunSpec>, results: &Path, su
             TeacherRef::Checkpoint { model, hash, .. } => serde_json::json!({"checkpoint": hash, "model": model}),
         })
         .collect();
+    // A pruning stage's parent is identified by its group too (not its seeded run id).
+    let prune = spec.prune.as_ref().map(|p| {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        if let crate::suite::TeacherRef::Run { id, .. } = &p.parent {
+            if let Some(t) = specs.get(id).cloned().or_else(|| RunDir::new(results, suite, id).read_spec().ok()) {
+                v["parent"] = serde_json::json!({"group": group_of(&t, specs, results, suite, memo)});
+            }
+        }
+        v
+    });
     let view = serde_json::json!({
         "dataset": spec.dataset,
         "model": spec.model,
@@ -275,6 +298,8 @@ fn group_of(spec: &RunSpec, specs: &HashMap<String, RunSpec>, results: &Path, su
         "train": spec.train,
         "teachers": teachers,
         "peers": spec.peers,
+        "prune": prune,
+        "student_from_teacher": spec.student_from_teacher,
     });
     let g = blake3::hash(view.to_string().as_bytes()).to_hex()[..12].to_string();
     memo.insert(spec.id.clone(), g.clone());

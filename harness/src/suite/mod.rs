@@ -20,7 +20,12 @@
 //! partition = "gpu"            # also gres, time, array_limit, sbatch_args
 //! ```
 //! Grid keys: `teacher`, `teachers` (multi-teacher), `chain` (TAKD), `peers` (online), `student`, `method`, `seed`, `save_model`, `exclusive`, `train.<recipe key>`,
-//! `teacher.train.<recipe key>`, `teacher.seed`, `<method>.<param>`.
+//! `teacher.train.<recipe key>`, `teacher.seed`, `teacher.prune.sparsity`, `teacher.prune.method`, `student_from_teacher`, `<method>.<param>`.
+//!
+//! Pruned teachers (PrUE, prune-then-distill): a teacher entry with
+//! `prune = { method = "prue" | "magnitude", sparsity = 0.5, rate = 0.2, batch = 500, train = { ... } }`
+//! is trained dense, then pruned and fine-tuned as runs of their own (one per magnitude round),
+//! each with its parent's id in its config; students distil from the last stage.
 
 pub mod executor;
 pub mod source;
@@ -68,8 +73,29 @@ pub struct TeacherDecl {
     pub teachers: Vec<String>,
     /// Its training method: `ce` by default, `kd` by default when it has teachers.
     pub method: Option<String>,
+    /// `prune = { ... }`: students get this teacher pruned and fine-tuned (spec §6/§7).
+    pub prune: Option<PruneDecl>,
     path: Vec<Seg>,
 }
+
+/// A teacher's `prune` table.
+#[derive(Clone, Debug)]
+pub struct PruneDecl {
+    /// `prue` (one shot) or `magnitude` (iterative, 20% of the remaining weights per round).
+    pub method: String,
+    /// Target sparsity in (0, 1); the grid key `teacher.prune.sparsity` overrides it.
+    pub sparsity: f64,
+    /// magnitude: fraction of the remaining weights removed per round (prune-then-distill: 0.2).
+    pub rate: f64,
+    /// PrUE: batch of the sorted-by-label criterion pass (official code: 500).
+    pub batch: u32,
+    /// Recipe overrides for fine-tuning (PrUE) or each retraining round (magnitude), applied on
+    /// top of the teacher's own recipe.
+    pub train: Vec<(String, toml::Value, Vec<Seg>)>,
+    path: Vec<Seg>,
+}
+
+const PRUNE_KEYS: &[&str] = &["method", "sparsity", "rate", "batch", "train"];
 
 /// A key assignment inside a grid point, with where it came from (for errors).
 #[derive(Clone, Debug)]
@@ -172,7 +198,7 @@ pub struct Expected {
     pub source: String,
 }
 const SUITE_KEYS: &[&str] = &["name", "description", "dataset", "data_dir", "seeds"];
-const TEACHER_KEYS: &[&str] = &["model", "seed", "train", "checkpoint", "teacher", "teachers", "method"];
+const TEACHER_KEYS: &[&str] = &["model", "seed", "train", "checkpoint", "teacher", "teachers", "method", "prune"];
 /// Deepest teacher chain followed before reporting a cycle.
 const MAX_CHAIN: usize = 32;
 const GRID_KEYS: &[&str] = &[
@@ -185,9 +211,12 @@ const GRID_KEYS: &[&str] = &[
     "seed",
     "save_model",
     "exclusive",
+    "student_from_teacher",
     "train.<key>",
     "teacher.train.<key>",
     "teacher.seed",
+    "teacher.prune.sparsity",
+    "teacher.prune.method",
     "<method>.<param>",
 ];
 
@@ -308,7 +337,11 @@ impl Suite {
                 if checkpoint.is_some() && (!ups.is_empty() || method.is_some()) {
                     return Err(input(src.error(&p, "a checkpoint teacher is not trained: drop `teacher`/`teachers`/`method`, or drop `checkpoint`")));
                 }
-                teachers.insert(tname.clone(), TeacherDecl { model, seed, train: overrides, checkpoint, teachers: ups, method, path: p });
+                let prune = match tt.get("prune") {
+                    None => None,
+                    Some(pv) => Some(parse_prune(&src, &[p.clone(), vec![key("prune")]].concat(), pv)?),
+                };
+                teachers.insert(tname.clone(), TeacherDecl { model, seed, train: overrides, checkpoint, teachers: ups, method, prune, path: p });
             }
         }
 
@@ -456,7 +489,8 @@ impl Suite {
             }
             let (teacher_runs, student) = self.resolve(&point, data, info)?;
             for t in teacher_runs {
-                let deps = t.teachers.iter().filter_map(|r| if let TeacherRef::Run { id, .. } = r { Some(id.clone()) } else { None }).collect();
+                let parent = t.prune.as_ref().map(|p| &p.parent);
+                let deps = t.teachers.iter().chain(parent).filter_map(|r| if let TeacherRef::Run { id, .. } = r { Some(id.clone()) } else { None }).collect();
                 add_run(&mut index, &mut teachers, &mut students, PlannedRun { spec: t, deps });
             }
             add_run(&mut index, &mut teachers, &mut students, student);
@@ -506,6 +540,7 @@ impl Suite {
         let mut seed = 0u64;
         let mut save_model = false;
         let mut exclusive = false;
+        let mut student_from_teacher = false;
         for s in point {
             let k = s.key.as_str();
             if let Some(r) = k.strip_prefix("train.") {
@@ -514,6 +549,11 @@ impl Suite {
                 seed = seed_of(&s.value).map_err(|m| err(s, m))?;
             } else if k == "exclusive" {
                 exclusive = s.value.as_bool().ok_or_else(|| err(s, format!("expected true or false, found {}", type_name(&s.value))))?;
+            } else if k == "student_from_teacher" {
+                student_from_teacher = s.value.as_bool().ok_or_else(|| err(s, format!("expected true or false, found {}", type_name(&s.value))))?;
+                if student_from_teacher && !models::has_width_plan(&model) {
+                    return Err(err(s, format!("student `{model}` has no width plan; `student_from_teacher` works for cnn_small, cnn_tiny and vgg8..vgg19")));
+                }
             } else if k == "save_model" {
                 save_model = s.value.as_bool().ok_or_else(|| err(s, format!("expected true or false, found {}", type_name(&s.value))))?;
             } else if let Some((m, p)) = k.split_once('.') {
@@ -596,6 +636,19 @@ impl Suite {
             }
         }
 
+        if let (true, Some(s)) = (student_from_teacher, get("student_from_teacher")) {
+            match teachers.as_slice() {
+                [t] if t.model() == model => {}
+                [t] => {
+                    return Err(err(
+                        s,
+                        format!("a student formed from its teacher has the teacher's architecture: set `student = \"{}\"` (found `{model}`)", t.model()),
+                    ));
+                }
+                _ => return Err(err(s, format!("`student_from_teacher` needs exactly one teacher; method `{method}` has {}", teachers.len()))),
+            }
+        }
+
         // Online peers: required by online methods, meaningless for the others.
         let mut peers = Vec::new();
         if let Some(ps) = get("peers") {
@@ -626,6 +679,8 @@ impl Suite {
             peers,
             save_model,
             exclusive,
+            prune: None,
+            student_from_teacher,
         };
         spec.id = spec.compute_id();
         Ok((teacher_runs, PlannedRun { spec, deps }))
@@ -639,6 +694,112 @@ impl Suite {
     /// (chains); `direct`: grid keys `teacher.train.*`/`teacher.seed` apply only to direct teachers.
     #[allow(clippy::too_many_arguments)]
     fn teacher_run(
+        &self,
+        name: &str,
+        at: &Setting,
+        point: &[Setting],
+        data: &DataRef,
+        info: &data::DatasetInfo,
+        upstream: Option<(Vec<RunSpec>, TeacherRef, String, BTreeMap<String, ParamValue>)>,
+        direct: bool,
+        exclusive: bool,
+        depth: usize,
+    ) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
+        let (mut runs, tref) = self.dense_teacher_run(name, at, point, data, info, upstream, direct, exclusive, depth)?;
+        let decl = self.teachers.get(name);
+        let mut prune = decl.and_then(|d| d.prune.clone());
+        if direct {
+            for s in point {
+                if s.key == "teacher.prune.sparsity" || s.key == "teacher.prune.method" {
+                    let p = prune.as_mut().ok_or_else(|| {
+                        input(self.src.error(&s.path, format!("`{}` needs a pruned teacher, but teacher `{name}` has no `prune` table (add e.g. prune = {{ method = \"prue\", sparsity = 0.5 }} to [teachers.{name}])", s.key)))
+                    })?;
+                    if s.key == "teacher.prune.sparsity" {
+                        p.sparsity = sparsity_of(&s.value).map_err(|m| input(self.src.error(&s.path, m)))?;
+                    } else {
+                        p.method = prune_method_of(&s.value).map_err(|m| input(self.src.error(&s.path, m)))?;
+                    }
+                }
+            }
+        }
+        let Some(p) = prune else { return Ok((runs, tref)) };
+        // The fine-tuning recipe: the teacher's own, then the `prune.train` overrides.
+        let (mut train, seed) = match runs.last() {
+            Some(t) if matches!(&tref, TeacherRef::Run { id, .. } if *id == t.id) => (t.train.clone(), t.seed),
+            _ => (self.teacher_recipe(decl, point, direct)?, decl.map(|d| d.seed).unwrap_or(0)),
+        };
+        for (k, v, kp) in &p.train {
+            train.set(k, v).map_err(|m| input(self.src.error(kp, m)))?;
+        }
+        train.check().map_err(|m| input(self.src.error(&p.path, m)))?;
+        let (rounds, amount) = if p.method == "prue" {
+            (1, p.sparsity)
+        } else {
+            let n = crate::train::prune::rounds_for(p.sparsity, p.rate);
+            if n == 0 {
+                return Err(input(self.src.error(
+                    &p.path,
+                    format!("sparsity {} is closer to 0 than to one round removing {} of the weights; raise `sparsity` or lower `rate`", p.sparsity, p.rate),
+                )));
+            }
+            (n, p.rate)
+        };
+        let ce = distill::find("ce").ok_or_else(|| input("method `ce` is not registered".to_string()))?;
+        let model = tref.model().to_string();
+        let mut parent = tref;
+        for round in 1..=rounds {
+            let mut t = RunSpec {
+                id: String::new(),
+                suite: self.name.clone(),
+                role: Role::Teacher,
+                dataset: data.clone(),
+                model: model.clone(),
+                method: "ce".into(),
+                params: ce.defaults(),
+                train: train.clone(),
+                seed,
+                teachers: vec![],
+                peers: vec![],
+                save_model: true,
+                exclusive,
+                prune: Some(spec::PruneStage {
+                    method: p.method.clone(),
+                    amount,
+                    round,
+                    rounds,
+                    target: p.sparsity,
+                    batch: if p.method == "prue" { p.batch } else { 0 },
+                    parent: parent.clone(),
+                }),
+                student_from_teacher: false,
+            };
+            t.id = t.compute_id();
+            parent = TeacherRef::Run { id: t.id.clone(), model: model.clone() };
+            runs.push(t);
+        }
+        Ok((runs, parent))
+    }
+
+    /// A teacher's recipe: the suite's, its `[teachers.*].train`, then (direct teachers) the grid's
+    /// `teacher.train.*` keys.
+    fn teacher_recipe(&self, decl: Option<&TeacherDecl>, point: &[Setting], direct: bool) -> anyhow::Result<Recipe> {
+        let mut train = self.train.clone();
+        for (k, v, p) in decl.map(|d| d.train.clone()).unwrap_or_default() {
+            train.set(&k, &v).map_err(|m| input(self.src.error(&p, m)))?;
+        }
+        if direct {
+            for s in point {
+                if let Some(r) = s.key.strip_prefix("teacher.train.") {
+                    train.set(r, &s.value).map_err(|m| input(self.src.error(&s.path, m)))?;
+                }
+            }
+        }
+        Ok(train)
+    }
+
+    /// The unpruned teacher (see [`Suite::teacher_run`]).
+    #[allow(clippy::too_many_arguments)]
+    fn dense_teacher_run(
         &self,
         name: &str,
         at: &Setting,
@@ -735,6 +896,8 @@ impl Suite {
             peers: vec![],
             save_model: true,
             exclusive,
+            prune: None,
+            student_from_teacher: false,
         };
         t.id = t.compute_id();
         let tref = TeacherRef::Run { id: t.id.clone(), model: tmodel };
@@ -928,7 +1091,19 @@ fn flatten<'a>(t: impl IntoIterator<Item = (&'a String, &'a toml::Value)>, prefi
 
 fn check_grid_key(src: &Source, path: &[Seg], k: &str) -> anyhow::Result<()> {
     let ok = match k {
-        "teacher" | "teachers" | "chain" | "peers" | "student" | "method" | "seed" | "save_model" | "exclusive" | "teacher.seed" => Ok(()),
+        "teacher"
+        | "teachers"
+        | "chain"
+        | "peers"
+        | "student"
+        | "method"
+        | "seed"
+        | "save_model"
+        | "exclusive"
+        | "teacher.seed"
+        | "teacher.prune.sparsity"
+        | "teacher.prune.method"
+        | "student_from_teacher" => Ok(()),
         _ => {
             if let Some(r) = k.strip_prefix("teacher.train.").or_else(|| k.strip_prefix("train.")) {
                 if spec::RECIPE_KEYS.contains(&r) { Ok(()) } else { Err(unknown("recipe key", r, spec::RECIPE_KEYS)) }
@@ -985,6 +1160,8 @@ fn check_grid_value(src: &Source, path: &[Seg], k: &str, v: &toml::Value, teache
             Ok(())
         }
         "seed" | "teacher.seed" => seed_of(v).map(|_| ()).map_err(|m| input(src.error(path, m))),
+        "teacher.prune.sparsity" => sparsity_of(v).map(|_| ()).map_err(|m| input(src.error(path, m))),
+        "teacher.prune.method" => prune_method_of(v).map(|_| ()).map_err(|m| input(src.error(path, m))),
         _ => Ok(()),
     }
 }
@@ -1039,4 +1216,64 @@ fn seed_of(v: &toml::Value) -> Result<u64, String> {
         toml::Value::Integer(i) if *i >= 0 => Ok(*i as u64),
         other => Err(format!("expected a non-negative integer seed, found {}", type_name(other))),
     }
+}
+
+fn sparsity_of(v: &toml::Value) -> Result<f64, String> {
+    let f = match v {
+        toml::Value::Float(f) => *f,
+        toml::Value::Integer(i) => *i as f64,
+        other => return Err(format!("expected a sparsity in (0, 1), found {}", type_name(other))),
+    };
+    if !(f > 0.0 && f < 1.0) {
+        return Err(format!("expected a sparsity in (0, 1), found {f}"));
+    }
+    Ok(f)
+}
+
+fn prune_method_of(v: &toml::Value) -> Result<String, String> {
+    match v.as_str() {
+        Some(m) if spec::PRUNE_METHODS.contains(&m) => Ok(m.to_string()),
+        Some(m) => Err(unknown("pruning method", m, spec::PRUNE_METHODS)),
+        None => Err(format!("expected a pruning method name, found {}", type_name(v))),
+    }
+}
+
+/// Validates a teacher's `prune = { method, sparsity, rate, batch, train }` table.
+fn parse_prune(src: &Source, p: &[Seg], v: &toml::Value) -> anyhow::Result<PruneDecl> {
+    let t =
+        v.as_table().ok_or_else(|| input(src.error(p, format!("expected a table like {{ method = \"prue\", sparsity = 0.5 }}, found {}", type_name(v)))))?;
+    let at = |k: &str| [p.to_vec(), vec![key(k)]].concat();
+    for k in t.keys() {
+        if !PRUNE_KEYS.contains(&k.as_str()) {
+            return Err(input(src.error(&at(k), unknown("key of `prune`", k, PRUNE_KEYS))));
+        }
+    }
+    let method = match t.get("method") {
+        Some(m) => prune_method_of(m).map_err(|e| input(src.error(&at("method"), e)))?,
+        None => return Err(input(src.error(p, format!("missing required key `method` (one of: {})", spec::PRUNE_METHODS.join(", "))))),
+    };
+    let sparsity = match t.get("sparsity") {
+        Some(x) => sparsity_of(x).map_err(|e| input(src.error(&at("sparsity"), e)))?,
+        None => 0.5,
+    };
+    let rate = match t.get("rate") {
+        Some(x) => sparsity_of(x).map_err(|e| input(src.error(&at("rate"), e.replace("sparsity", "rate"))))?,
+        None => 0.2,
+    };
+    let batch = match t.get("batch") {
+        None => 500,
+        Some(toml::Value::Integer(i)) if *i >= 1 && *i <= u32::MAX as i64 => *i as u32,
+        Some(x) => return Err(input(src.error(&at("batch"), format!("expected an integer >= 1, found {x}")))),
+    };
+    let mut train = Vec::new();
+    if let Some(trv) = t.get("train") {
+        let tp = at("train");
+        let trt = trv.as_table().ok_or_else(|| input(src.error(&tp, format!("expected a table, found {}", type_name(trv)))))?;
+        for (k, v) in trt {
+            let kp = [tp.clone(), vec![key(k)]].concat();
+            Recipe::default().set(k, v).map_err(|m| input(src.error(&kp, m)))?;
+            train.push((k.clone(), v.clone(), kp));
+        }
+    }
+    Ok(PruneDecl { method, sparsity, rate, batch, train, path: p.to_vec() })
 }

@@ -254,7 +254,38 @@ pub struct RunSpec {
     /// Needs a whole GPU (or all CPU slots) to itself; a scheduling hint, not part of the id.
     #[serde(default)]
     pub exclusive: bool,
+    /// A pruning stage: the run starts from its parent's weights instead of a random init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneStage>,
+    /// The student is formed from its (pruned) teacher (prune-then-distill §7): the teacher's
+    /// architecture with conv widths c_l = round(nnz_l / (k²·c_{l−1})), fixed when the run starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub student_from_teacher: bool,
 }
+
+/// One pruning stage of a teacher (spec §6/§7/§10): start from `parent`'s weights (and masks, for a
+/// later magnitude round), compute the masks, then fine-tune with them fixed (this run's recipe).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PruneStage {
+    /// `prue` (one shot over the conv weights, Wang et al.) or `magnitude` (global L1 over conv and
+    /// linear weights, one round of prune-then-distill's iterative schedule).
+    pub method: String,
+    /// PrUE: the sparsity over all conv weights. magnitude: the fraction of the weights still alive
+    /// that this round removes.
+    pub amount: f64,
+    /// 1-based round of `rounds` (1 of 1 for PrUE).
+    pub round: u32,
+    pub rounds: u32,
+    /// The sparsity the whole schedule aims at (as the suite requested it).
+    pub target: f64,
+    /// Batch of PrUE's sorted-by-label criterion pass (the official code: 500).
+    pub batch: u32,
+    /// The model this stage prunes: the dense teacher, or the previous round.
+    pub parent: TeacherRef,
+}
+
+/// Names of the pruning criteria a suite may request.
+pub const PRUNE_METHODS: &[&str] = &["prue", "magnitude"];
 
 /// What the id hashes: the computation, not where or why it runs (suite, role, saving excluded),
 /// and not the checkpoint's path (only its hash).
@@ -269,6 +300,29 @@ struct IdView<'a> {
     seed: u64,
     teachers: Vec<IdTeacher<'a>>,
     peers: &'a [String],
+    /// Absent for unpruned runs, so their ids are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prune: Option<IdPrune<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    student_from_teacher: bool,
+}
+
+#[derive(Serialize)]
+struct IdPrune<'a> {
+    method: &'a str,
+    amount: f64,
+    round: u32,
+    rounds: u32,
+    target: f64,
+    batch: u32,
+    parent: IdTeacher<'a>,
+}
+
+fn id_teacher(t: &TeacherRef) -> IdTeacher<'_> {
+    match t {
+        TeacherRef::Run { id, .. } => IdTeacher::Run(id),
+        TeacherRef::Checkpoint { model, hash, .. } => IdTeacher::Checkpoint(model, hash),
+    }
 }
 
 #[derive(Serialize)]
@@ -291,15 +345,18 @@ impl RunSpec {
             params: &self.params,
             train: &self.train,
             seed: self.seed,
-            teachers: self
-                .teachers
-                .iter()
-                .map(|t| match t {
-                    TeacherRef::Run { id, .. } => IdTeacher::Run(id),
-                    TeacherRef::Checkpoint { model, hash, .. } => IdTeacher::Checkpoint(model, hash),
-                })
-                .collect(),
+            teachers: self.teachers.iter().map(id_teacher).collect(),
             peers: &self.peers,
+            prune: self.prune.as_ref().map(|p| IdPrune {
+                method: &p.method,
+                amount: p.amount,
+                round: p.round,
+                rounds: p.rounds,
+                target: p.target,
+                batch: p.batch,
+                parent: id_teacher(&p.parent),
+            }),
+            student_from_teacher: self.student_from_teacher,
         };
         // Serialising plain structs/BTreeMaps cannot fail.
         serde_json::to_string(&view).unwrap_or_default()
@@ -324,6 +381,9 @@ impl RunSpec {
         }
         if !self.peers.is_empty() {
             s.push_str(&format!(" + {}", self.peers.join("+")));
+        }
+        if let Some(p) = &self.prune {
+            s.push_str(&format!(" pruned {} {}/{} of {}", p.method, p.round, p.rounds, p.parent.model()));
         }
         s.push_str(&format!(" seed {}", self.seed));
         s

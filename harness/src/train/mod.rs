@@ -10,6 +10,7 @@
 //! pair); a restarted run continues after the last completed epoch with identical results.
 
 pub mod bench;
+pub mod prune;
 pub mod sgd;
 
 use std::io::Write;
@@ -49,6 +50,35 @@ pub fn build(name: &str, data: &Dataset, device: Device) -> anyhow::Result<Net> 
     let cfg = ModelCfg { in_channels: data.info.shape.0, num_classes: data.info.classes };
     let model = (entry.build)(&vs.root(), cfg);
     Ok(Net { vs, model })
+}
+
+/// Builds `name` with the given conv widths (see [`models::build_with_widths`]).
+pub fn build_widths(name: &str, data: &Dataset, device: Device, widths: &[i64]) -> anyhow::Result<Net> {
+    let vs = nn::VarStore::new(device);
+    let cfg = ModelCfg { in_channels: data.info.shape.0, num_classes: data.info.classes };
+    let model = models::build_with_widths(name, &vs.root(), cfg, widths)
+        .ok_or_else(|| crate::error::InputError::new(format!("model `{name}` has no width plan for {} conv widths", widths.len())))?;
+    Ok(Net { vs, model })
+}
+
+/// Prune-then-distill's student plan from a pruned teacher's weights: non-zeros of every conv in
+/// layer order, then c_l = round(nnz_l / (k²·c_{l−1})) (spec §7, k² formula of §11.7).
+pub fn widths_from_pruned(vs: &nn::VarStore, in_channels: i64) -> anyhow::Result<Vec<i64>> {
+    let convs = models::conv_weights_in_order(vs);
+    let mut nnz = Vec::new();
+    let mut k = None;
+    for (n, w) in &convs {
+        let s = w.size();
+        let kk = s[2] * s[3];
+        if *k.get_or_insert(kk) != kk {
+            anyhow::bail!("conv {n} has a {}x{} kernel; the student plan assumes one kernel size", s[2], s[3]);
+        }
+        nnz.push(w.ne(0.0).sum(Kind::Int64).int64_value(&[]));
+    }
+    let k = k.context("the teacher has no conv layers to form a student from")?;
+    let side = (k as f64).sqrt().round() as i64;
+    let template: Vec<Option<i64>> = convs.iter().map(|(_, w)| Some(w.size()[0])).collect();
+    Ok(prune::student_plan(&nnz, &template, in_channels, side)?.into_iter().flatten().collect())
 }
 
 /// Test-set logits in dataset order (eval mode, no-grad), on the CPU as float32.
@@ -329,8 +359,26 @@ pub fn train(
         anyhow::bail!("method {} got {} teacher(s)", spec.method, teachers.len());
     }
     let mut distiller = minfo.instantiate(&spec.params)?;
+    // Prune-then-distill's student formed from the pruned teacher: widths from its non-zeros.
+    let widths = if spec.student_from_teacher {
+        let t = teachers.first().context("a student formed from its teacher needs the teacher")?;
+        let w = widths_from_pruned(&t.net.vs, data.info.shape.0)?;
+        writeln!(log, "student formed from the pruned teacher: conv widths {w:?}")?;
+        Some(w)
+    } else {
+        None
+    };
+    let make = |device| match &widths {
+        Some(w) => build_widths(&spec.model, data, device, w),
+        None => build(&spec.model, data, device),
+    };
     tch::manual_seed(epoch_seed(spec.seed, 0));
-    let mut net = build(&spec.model, data, device)?;
+    let mut net = make(device)?;
+    // A pruning stage starts from its parent's weights, pruned; the masks stay fixed from here on.
+    let masks = match &spec.prune {
+        Some(stage) => Some(start_pruned(stage, spec, run, data, device, &mut net, &mut log)?),
+        None => None,
+    };
     // Online peers (DML's cohort, SwitOKD's teacher) are initialised right after the network.
     let peers: Vec<Net> = spec.peers.iter().map(|m| build(m, data, device)).collect::<anyhow::Result<_>>()?;
     let param_count = models::param_count(&net.vs);
@@ -421,7 +469,10 @@ pub fn train(
             writeln!(log, "ignoring unusable resume state ({e:#}); starting from epoch 1")?;
             clear_resume(run);
             tch::manual_seed(epoch_seed(spec.seed, 0));
-            net = build(&spec.model, data, device)?;
+            net = make(device)?;
+            if let Some(stage) = &spec.prune {
+                start_pruned(stage, spec, run, data, device, &mut net, &mut log)?;
+            }
             if channels_last {
                 models::vs_channels_last(&net.vs);
             }
@@ -486,6 +537,9 @@ pub fn train(
                 opt.set_active(*g, step_peers);
             }
             opt.backward_step(&total);
+            if let Some(m) = &masks {
+                opt.apply_masks(m);
+            }
             if names.is_empty() {
                 names = terms.iter().map(|(n, _)| *n).collect();
                 sums = terms.iter().map(|_| Tensor::zeros([], (Kind::Float, device))).collect();
@@ -596,6 +650,29 @@ pub fn train(
             models::checkpoint::save_atomic(&p.vs, &run.path.join(format!("peer{k}.safetensors")))?;
         }
     }
+    // Sparsity is measured from the saved weights, never taken from the request.
+    let pruned = match &spec.prune {
+        Some(stage) => {
+            if !spec.save_model {
+                models::checkpoint::save_atomic(&net.vs, &run.model())?;
+            }
+            let measured = prune::measure(&run.model(), stage_scope(stage))?;
+            writeln!(
+                log,
+                "pruned {} round {}/{}: measured sparsity {:.6} ({} of {} weights zero)",
+                stage.method, stage.round, stage.rounds, measured.sparsity, measured.zeros, measured.prunable
+            )?;
+            Some(crate::store::PruneSummary {
+                method: stage.method.clone(),
+                round: stage.round,
+                rounds: stage.rounds,
+                target: stage.target,
+                parent: stage.parent.clone(),
+                measured,
+            })
+        }
+        None => None,
+    };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Ok(Summary {
         id: spec.id.clone(),
@@ -617,7 +694,66 @@ pub fn train(
         wall_time_s: elapsed_before + start.elapsed().as_secs_f64(),
         images_per_s: images as f64 / train_time.max(1e-9),
         finished_unix: now,
+        pruned,
+        student_widths: widths,
     })
+}
+
+/// The weights a stage's criterion may remove: PrUE prunes convs only; prune-then-distill's
+/// magnitude rounds also prune the linear layers.
+pub fn stage_scope(stage: &crate::suite::spec::PruneStage) -> prune::Scope {
+    if stage.method == "prue" { prune::Scope::Conv } else { prune::Scope::ConvLinear }
+}
+
+/// Loads a pruning stage's parent into `net`, computes this stage's masks (or reads them back when
+/// the run resumes, so a restart never re-draws PrUE's augmentation) and applies them.
+fn start_pruned(
+    stage: &crate::suite::spec::PruneStage,
+    spec: &RunSpec,
+    run: &RunDir,
+    data: &Dataset,
+    device: Device,
+    net: &mut Net,
+    log: &mut std::fs::File,
+) -> anyhow::Result<prune::Masks> {
+    if stage.parent.model() != spec.model {
+        anyhow::bail!("pruning stage of {} starts from a {} model", spec.model, stage.parent.model());
+    }
+    let parent = load_teacher(&stage.parent, run, data, device)?;
+    net.vs.copy(&parent.net.vs).with_context(|| format!("copying the parent weights of pruning stage {}", spec.id))?;
+    let path = run.masks();
+    let masks = if resume_json(run).is_file() && path.is_file() {
+        prune::load(&path, device)?
+    } else {
+        let masks = match stage.method.as_str() {
+            "prue" => {
+                let (m, thr) = prune::prue_model(&net.vs, net.model.as_ref(), data, stage.amount, stage.batch as i64, spec.train.augment);
+                writeln!(log, "PrUE threshold {thr:?} at sparsity {}", stage.amount)?;
+                m
+            }
+            "magnitude" => {
+                // The previous rounds' masks come with the parent; a dense parent has none.
+                let pm = parent_masks(&stage.parent, run, device)?;
+                prune::magnitude_model(&net.vs, prune::Scope::ConvLinear, &pm, stage.amount)
+            }
+            other => anyhow::bail!("unknown pruning method {other}"),
+        };
+        prune::save(&masks, &path)?;
+        masks
+    };
+    prune::apply(&net.vs, &masks);
+    Ok(masks)
+}
+
+/// The masks a parent run was fine-tuned with (empty for an unpruned parent).
+fn parent_masks(parent: &TeacherRef, run: &RunDir, device: Device) -> anyhow::Result<prune::Masks> {
+    if let TeacherRef::Run { id, .. } = parent {
+        let dir = RunDir { path: run.path.parent().map(|p| p.join(id)).context("run directory has no parent")? };
+        if dir.masks().is_file() {
+            return prune::load(&dir.masks(), device);
+        }
+    }
+    Ok(prune::Masks::new())
 }
 
 fn write_csv(run: &RunDir, header: &[String], rows: &[Vec<String>]) -> anyhow::Result<()> {

@@ -86,6 +86,22 @@ impl Sgd {
         })
     }
 
+    /// Keeps pruned weights dead (spec §10): zeroes the masked entries of each named parameter
+    /// (store prefix included) and of its momentum buffer, so neither weight decay nor momentum
+    /// accumulated before the mask can resurrect them at the next step.
+    pub fn apply_masks(&mut self, masks: &std::collections::BTreeMap<String, Tensor>) {
+        tch::no_grad(|| {
+            for (i, (n, p, _)) in self.params.iter_mut().enumerate() {
+                if let Some(m) = masks.get(n) {
+                    let _ = p.f_mul_(m);
+                    if let Some(b) = self.bufs[i].as_mut() {
+                        let _ = b.f_mul_(m);
+                    }
+                }
+            }
+        })
+    }
+
     /// Momentum buffers, named `momentum.<param>` (absent before the first step).
     pub fn state(&self) -> Vec<(String, Tensor)> {
         self.params.iter().zip(&self.bufs).filter_map(|((n, _, _), b)| b.as_ref().map(|b| (format!("momentum.{n}"), b.shallow_clone()))).collect()
