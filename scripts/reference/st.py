@@ -5,7 +5,7 @@ import struct
 
 import torch
 
-_DT = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
+_DT = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16}
 _NAME = {v: k for k, v in _DT.items()}
 
 
@@ -18,7 +18,9 @@ def load(path):
         if k == "__metadata__":
             continue
         a, b = v["data_offsets"]
-        out[k] = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=_DT[v["dtype"]]).reshape(v["shape"]).clone()
+        buf = bytearray(raw[8 + n + a:8 + n + b])
+        t = torch.frombuffer(buf, dtype=_DT[v["dtype"]]) if buf else torch.empty(0, dtype=_DT[v["dtype"]])
+        out[k] = t.reshape(v["shape"]).clone()
     return out
 
 
