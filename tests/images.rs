@@ -54,11 +54,24 @@ fn sorted_label(c: usize) -> i64 {
     ids.iter().position(|w| *w == wnid(c)).unwrap() as i64
 }
 
+/// Tiny-ImageNet through the decoded cache in `cache` (the user's cache is left alone).
+fn read_tiny(dir: &Path, cache: &Path) -> (&'static data::DatasetInfo, data::RawSplit, data::RawSplit, String) {
+    let (a, b, s) = data::tiny_imagenet::load_cached_in(dir, Some(cache)).unwrap();
+    (data::info("tiny-imagenet").unwrap(), a, b, s)
+}
+
+fn cache_files(cache: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(cache.join("decoded")).map(|rd| rd.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
 #[test]
 fn tiny_imagenet_decodes_with_imagefolder_labels_and_a_stable_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let t = tiny_tree(dir.path(), 2, 10);
-    let (info, train, val, source) = data::read("tiny-imagenet", dir.path()).unwrap();
+    let cache = dir.path().join("cache");
+    let (info, train, val, source) = read_tiny(dir.path(), &cache);
     assert_eq!(source, t.display().to_string());
     assert_eq!((info.shape, info.classes), ((3, 64, 64), 200));
     assert_eq!((train.y.len(), val.y.len()), (400, 10));
@@ -82,11 +95,25 @@ fn tiny_imagenet_decodes_with_imagefolder_labels_and_a_stable_fingerprint() {
         assert_eq!(val.y[i], sorted_label((i * 37) % 200), "val_{i}");
     }
     let fp = data::fingerprint(info, &train, &val);
-    let (_, tr2, va2, _) = data::read("tiny-imagenet", &t).unwrap();
-    assert_eq!(data::fingerprint(info, &tr2, &va2), fp, "same tree, same fingerprint (dir itself or its parent)");
+    // The decoded splits were cached; the second read comes from the cache and equals the decode.
+    let files = cache_files(&cache);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (uncached_train, uncached_val, _) = data::tiny_imagenet::load(dir.path()).unwrap();
+    assert!(uncached_train.x == train.x && uncached_val.y == val.y);
+    std::fs::write(files[0].with_extension("probe"), b"").unwrap(); // a foreign file is ignored
+    let (_, tr2, va2, _) = read_tiny(&t, &cache);
+    assert_eq!(data::fingerprint(info, &tr2, &va2), fp, "same tree, same fingerprint (dir itself or its parent), from the cache");
+    // A damaged cache file is decoded again, never trusted.
+    let bytes = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], &bytes[..bytes.len() / 2]).unwrap();
+    let (_, tr2, va2, _) = read_tiny(dir.path(), &cache);
+    assert_eq!(data::fingerprint(info, &tr2, &va2), fp, "re-decoded after damage");
+    // Changing a file changes the key: the new pixels are decoded, not the cached ones.
+    std::thread::sleep(std::time::Duration::from_millis(20));
     write_jpeg(&t.join("val/images/val_3.JPEG"), &flat(64, 64, 199, 0));
-    let (_, tr3, va3, _) = data::read("tiny-imagenet", dir.path()).unwrap();
+    let (_, tr3, va3, _) = read_tiny(dir.path(), &cache);
     assert_ne!(data::fingerprint(info, &tr3, &va3), fp, "changed pixels, new fingerprint");
+    assert_eq!(cache_files(&cache).iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).count(), 2);
 }
 
 fn input_error(r: anyhow::Result<impl std::fmt::Debug>) -> String {
@@ -226,8 +253,6 @@ fn imagenet_transforms_follow_torchvision() {
 fn imagenet_errors_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let r = imagenet_tree(dir.path());
-    let msg = input_error(data::read("imagenet", dir.path()));
-    assert!(msg.contains("3 classes, 12 train / 6 val") && msg.contains("streamed"), "{msg}");
     let bad = r.join("train/n02/img1.JPEG");
     std::fs::write(&bad, b"not a jpeg at all").unwrap();
     let (train, _) = imagenet::open(dir.path()).unwrap();
@@ -390,4 +415,117 @@ fn imagenet_eval_streams_the_val_split_through_the_model() {
         let diff = (&ours - theirs.get(i as i64)).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "val image {i}: logits differ by {diff}");
     }
+}
+
+#[test]
+fn imagenet_dataset_streams_through_the_common_batch_interface() {
+    let dir = tempfile::tempdir().unwrap();
+    imagenet_tree(dir.path());
+    let d = data::Dataset::load("imagenet", dir.path(), tch::Device::Cpu).unwrap();
+    assert!(d.is_streamed() && d.resident_train_x().is_none());
+    assert_eq!((d.train_len(), d.test_len()), (12, 6));
+    assert_eq!(data::plan_fingerprint("imagenet", dir.path()).unwrap(), d.fingerprint, "plan and run agree on the fingerprint");
+    let epoch = |seed: i64| -> Vec<(tch::Tensor, tch::Tensor, tch::Tensor)> {
+        tch::manual_seed(seed);
+        d.train_batches(5, true).map(|b| b.unwrap()).collect()
+    };
+    let a = epoch(5);
+    assert_eq!(a.iter().map(|b| b.1.size()[0]).collect::<Vec<_>>(), vec![5, 5, 2], "last partial batch kept");
+    assert_eq!(a[0].0.size(), vec![5, 3, 224, 224]);
+    assert_eq!(a[0].0.kind(), tch::Kind::Float);
+    let mut idx: Vec<i64> = a.iter().flat_map(|b| Vec::<i64>::try_from(&b.2).unwrap()).collect();
+    for (x, y, i) in &a {
+        assert!(d.train_y.index_select(0, i).equal(y), "labels are the indexed samples'");
+        // Normalised: flat red channel (40 + class)/255 through ImageNet's mean/std.
+        let red = x.get(0).get(0).get(100).get(100).double_value(&[]);
+        let class = y.int64_value(&[0]) as f64;
+        assert!((red - ((40.0 + class) / 255.0 - 0.485) / 0.229).abs() < 0.06, "red {red} for class {class}");
+    }
+    idx.sort();
+    assert_eq!(idx, (0..12).collect::<Vec<i64>>(), "an epoch visits every image once");
+    let again = epoch(5);
+    assert!(a.iter().zip(&again).all(|(p, q)| p.0.equal(&q.0) && p.2.equal(&q.2)), "the seeded generator fixes order and augmentation");
+    let other = epoch(6);
+    assert!(a.iter().zip(&other).any(|(p, q)| !p.2.equal(&q.2)), "another seed, another order");
+
+    let test: Vec<_> = d.test_batches(4).map(|b| b.unwrap()).collect();
+    assert_eq!(test.iter().flat_map(|b| Vec::<i64>::try_from(&b.1).unwrap()).collect::<Vec<_>>(), vec![0, 0, 1, 1, 2, 2]);
+    assert_eq!(d.probe(2).unwrap().size(), vec![2, 3, 224, 224]);
+    // BAKE's grouped sampler: every anchor is followed by images of its class.
+    tch::manual_seed(1);
+    for b in d.train_batches_grouped(6, 2, true) {
+        let (_, y, _) = b.unwrap();
+        let y: Vec<i64> = Vec::try_from(&y).unwrap();
+        assert!(y.chunks(3).all(|g| g.iter().all(|&c| c == g[0])), "{y:?}");
+    }
+
+    // More class folders than ImageNet's classifier has outputs cannot be labelled.
+    let wide = dir.path().join("wide");
+    for c in 0..1001 {
+        std::fs::create_dir_all(wide.join(format!("train/c{c:04}"))).unwrap();
+        std::fs::create_dir_all(wide.join(format!("val/c{c:04}"))).unwrap();
+    }
+    write_jpeg(&wide.join("train/c0000/a.JPEG"), &flat(40, 40, 0, 0));
+    write_jpeg(&wide.join("val/c0000/a.JPEG"), &flat(40, 40, 0, 0));
+    let msg = input_error(data::Dataset::load("imagenet", &wide, tch::Device::Cpu).map(|_| ()));
+    assert!(msg.contains("1001 class folders") && msg.contains("at most 1000"), "{msg}");
+}
+
+const IMAGENET_SUITE: &str = r#"
+[suite]
+name = "in"
+dataset = "imagenet"
+seeds = [0]
+
+[train]
+epochs = 2
+batch_size = 4
+lr = 0.05
+milestones = []
+
+[teachers.t]
+model = "cnn_small"
+
+[grid]
+pair = [{ teacher = "t", student = "cnn_tiny" }]
+method = ["ce", "kd"]
+"#;
+
+#[test]
+fn an_imagenet_suite_trains_streamed_and_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    imagenet_tree(dir.path());
+    std::fs::write(dir.path().join("in.toml"), IMAGENET_SUITE).unwrap();
+    let o = harness(&["plan", "in.toml", "--data-dir", "."], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let run = |results: &str, decoders: &str| {
+        let o = harness_cmd(&["run", "in.toml", "--results", results, "--device", "cpu", "--data-dir", ".", "--jobs", "1"], dir.path())
+            .env("RAYON_NUM_THREADS", decoders)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    run("r1", "2");
+    run("r2", "1");
+    let runs = dir.path().join("r1/in/runs");
+    let mut kd = None;
+    let ids: Vec<_> = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(ids.len(), 3, "teacher + ce + kd");
+    for id in &ids {
+        let p = runs.join(id);
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.join("summary.json")).unwrap()).unwrap();
+        let top1 = s["last_top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{s}");
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["dataset"]["name"], "imagenet");
+        let rows = metrics_without_timing(&p.join("metrics.csv"));
+        assert_eq!(rows.len(), 3, "header + 2 epochs");
+        // Decoding threads do not change a single number.
+        assert_eq!(rows, metrics_without_timing(&dir.path().join("r2/in/runs").join(id).join("metrics.csv")), "{id:?}");
+        if cfg["method"] == "kd" {
+            kd = Some(s);
+        }
+    }
+    let kd = kd.expect("kd run");
+    assert!(kd["teacher_top1"].as_f64().is_some() && kd["agreement"].as_f64().is_some(), "{kd}");
 }

@@ -434,8 +434,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
 fn load_plan(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Suite, Plan, PathBuf)> {
     let suite = Suite::load(suite_path)?;
     let dir = data::resolve_dir(data_flag, suite.data_dir.as_deref());
-    let (info, tr, te, _) = data::read(&suite.dataset, &dir)?;
-    let fp = data::fingerprint(info, &tr, &te);
+    let fp = data::plan_fingerprint(&suite.dataset, &dir)?;
     let plan = suite.expand(&DataRef { name: suite.dataset.clone(), fingerprint: fp })?;
     Ok((suite, plan, dir))
 }
@@ -823,22 +822,11 @@ fn print_outcomes(plan: &Plan, results: &Path, outcomes: &[Outcome]) -> i32 {
 fn eval(a: EvalArgs) -> anyhow::Result<i32> {
     let device = env::parse_device(&a.device)?;
     let dir = data::resolve_dir(a.data.data_dir.as_deref(), None);
-    let (logits, labels) = if a.dataset == "imagenet" {
-        // Streamed: the val split is decoded batch by batch, never held in memory.
-        let (_, val) = data::imagenet::open(&dir)?;
-        let info = data::info("imagenet").ok_or_else(|| anyhow::anyhow!("imagenet is registered"))?;
-        let entry = models::find(&a.model)
-            .ok_or_else(|| crate::error::InputError::new(format!("unknown model `{}`; allowed: {}", a.model, models::names().join(", "))))?;
-        let mut vs = tch::nn::VarStore::new(device);
-        let model = (entry.build)(&vs.root(), models::ModelCfg { in_channels: info.shape.0, num_classes: info.classes });
-        models::checkpoint::load_strict(&mut vs, &a.checkpoint, &a.model)?;
-        train::streamed_test_logits(model.as_ref(), std::sync::Arc::new(val.samples), info, device)?
-    } else {
-        let data = data::Dataset::load(&a.dataset, &dir, device)?;
-        let mut net = train::build(&a.model, &data, device)?;
-        models::checkpoint::load_strict(&mut net.vs, &a.checkpoint, &a.model)?;
-        (train::test_logits(net.model.as_ref(), &data), data.test_y.shallow_clone())
-    };
+    // Streamed datasets (ImageNet) decode the test split batch by batch.
+    let data = data::Dataset::load(&a.dataset, &dir, device)?;
+    let mut net = train::build(&a.model, &data, device)?;
+    models::checkpoint::load_strict(&mut net.vs, &a.checkpoint, &a.model)?;
+    let (logits, labels) = (train::test_logits(net.model.as_ref(), &data)?, data.test_y.to_device(tch::Device::Cpu));
     let e = train::evaluate(&logits, &labels);
     println!(
         "{} on {} test ({} images): top-1 {:.2}%  top-5 {:.2}%  ECE-15 {:.2}%  loss {:.4}",

@@ -4,10 +4,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A `harness` command in `cwd`.
+/// A `harness` command in `cwd`; decoded-dataset caches go to `cwd/.kd-harness-cache`, not the
+/// user's home.
 pub fn harness_cmd(args: &[&str], cwd: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
-    c.args(args).current_dir(cwd);
+    c.args(args).current_dir(cwd).env("KD_HARNESS_CACHE", cwd.join(".kd-harness-cache"));
     c
 }
 

@@ -175,11 +175,12 @@ pub fn load_sample(path: &Path, mode: Mode, rng: &mut impl Rng) -> anyhow::Resul
     Ok(out)
 }
 
-/// A decoded batch: N×3×224×224 uint8 (CHW per image) and labels.
+/// A decoded batch: N×3×224×224 uint8 (CHW per image), labels and dataset indices.
 #[derive(Debug)]
 pub struct Batch {
     pub x: Vec<u8>,
     pub y: Vec<i64>,
+    pub idx: Vec<i64>,
 }
 
 impl Batch {
@@ -211,38 +212,49 @@ fn sample_rng(seed: u64, epoch: u64, index: usize) -> ChaCha8Rng {
 }
 
 /// One epoch of batches, decoded by a background thread; iterate to receive them in order.
-/// Training mode shuffles with a generator seeded by (seed, epoch) and keeps the last partial
-/// batch (PyTorch's DataLoader without drop_last). The first decoding error ends the epoch with
-/// that error. Dropping the loader stops the producer.
+/// The last partial batch is kept (PyTorch's DataLoader without drop_last). The first decoding
+/// error ends the epoch with that error. Dropping the loader stops the producer.
 pub struct Loader {
     rx: Option<Receiver<anyhow::Result<Batch>>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Loader {
+    /// The whole split: shuffled by a generator seeded by (seed, epoch) in training mode, in file
+    /// order for evaluation.
     pub fn new(samples: Arc<Vec<(PathBuf, i64)>>, cfg: LoaderCfg) -> anyhow::Result<Loader> {
+        let mut order: Vec<usize> = (0..samples.len()).collect();
+        if cfg.mode == Mode::Train {
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(cfg.epoch.wrapping_mul(0x5851_F42D_4C95_7F2D))));
+        }
+        Loader::with_order(samples, order, cfg)
+    }
+
+    /// The samples at `order` (dataset indices, repeats allowed), in that order: the training
+    /// loop's samplers decide the order, the loader only decodes.
+    pub fn with_order(samples: Arc<Vec<(PathBuf, i64)>>, order: Vec<usize>, cfg: LoaderCfg) -> anyhow::Result<Loader> {
         if cfg.batch_size == 0 {
             crate::input_bail!("loader: batch size must be at least 1");
+        }
+        if let Some(&bad) = order.iter().find(|&&i| i >= samples.len()) {
+            anyhow::bail!("loader: index {bad} is outside the split ({} images)", samples.len());
         }
         let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.threads.max(1)).build().map_err(|e| anyhow::anyhow!("decoding pool: {e}"))?;
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let handle = std::thread::Builder::new()
-            .name("imagenet-loader".into())
-            .spawn(move || produce(&samples, cfg, &pool, &tx))
+            .name("image-loader".into())
+            .spawn(move || produce(&samples, &order, cfg, &pool, &tx))
             .map_err(|e| anyhow::anyhow!("starting the loader thread: {e}"))?;
         Ok(Loader { rx: Some(rx), handle: Some(handle) })
     }
 }
 
-fn produce(samples: &[(PathBuf, i64)], cfg: LoaderCfg, pool: &rayon::ThreadPool, tx: &SyncSender<anyhow::Result<Batch>>) {
-    let mut order: Vec<usize> = (0..samples.len()).collect();
-    if cfg.mode == Mode::Train {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(cfg.epoch.wrapping_mul(0x5851_F42D_4C95_7F2D))));
-    }
+fn produce(samples: &[(PathBuf, i64)], order: &[usize], cfg: LoaderCfg, pool: &rayon::ThreadPool, tx: &SyncSender<anyhow::Result<Batch>>) {
     for chunk in order.chunks(cfg.batch_size) {
         let decoded: anyhow::Result<Vec<Vec<u8>>> =
             pool.install(|| chunk.par_iter().map(|&i| load_sample(&samples[i].0, cfg.mode, &mut sample_rng(cfg.seed, cfg.epoch, i))).collect());
-        let msg = decoded.map(|imgs| Batch { x: imgs.concat(), y: chunk.iter().map(|&i| samples[i].1).collect() });
+        let msg =
+            decoded.map(|imgs| Batch { x: imgs.concat(), y: chunk.iter().map(|&i| samples[i].1).collect(), idx: chunk.iter().map(|&i| i as i64).collect() });
         let failed = msg.is_err();
         if tx.send(msg).is_err() || failed {
             return;

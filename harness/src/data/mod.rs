@@ -1,9 +1,12 @@
-//! Datasets: readers (CIFAR in both layouts, digits, synthetic, Tiny-ImageNet), fingerprints,
-//! and the device-resident pipeline. The whole dataset lives on the training device as uint8;
-//! augmentation (random crop with zero padding, horizontal flip, random rotation) and
-//! normalisation are tensor ops on that device, drawn from the global generator that the loop
-//! seeds per run and epoch. ImageNet is too large for that and is streamed instead
-//! ([`imagenet::Loader`]), which the training loop does not consume yet.
+//! Datasets: readers (CIFAR in both layouts, digits, synthetic, Tiny-ImageNet, ImageNet),
+//! fingerprints, and the two pipelines behind one [`Dataset`]:
+//! - resident (everything but ImageNet): the whole dataset lives on the training device as
+//!   uint8; augmentation (random crop with zero padding, horizontal flip, random rotation) and
+//!   normalisation are tensor ops on that device;
+//! - streamed (ImageNet): batches are decoded and augmented on a thread pool ahead of the step
+//!   ([`imagenet::Loader`]), then normalised on the device.
+//!
+//! Both draw from the global generator that the loop seeds per run and epoch.
 
 pub mod cifar;
 pub mod digits;
@@ -14,7 +17,11 @@ pub mod synth;
 pub mod tiny_imagenet;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use anyhow::Context;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use tch::{Device, Kind, Tensor};
 
 /// Static facts about a dataset, known without reading it.
@@ -93,7 +100,7 @@ pub static DATASETS: &[DatasetInfo] = &[
         pad: 0,
         flip: true,
         rotate: 0.0,
-        about: "ImageNet-1k in ImageFolder layout (train/<class>/*.JPEG, val/<class>/*.JPEG), streamed; not trainable by `run` yet",
+        about: "ImageNet-1k in ImageFolder layout (train/<class>/*.JPEG, val/<class>/*.JPEG), streamed from disk",
     },
 ];
 
@@ -126,27 +133,49 @@ pub fn resolve_dir(flag: Option<&Path>, suite: Option<&Path>) -> PathBuf {
     PathBuf::from("data")
 }
 
-/// A dataset on its training device.
+/// One training batch: normalised images, labels, dataset indices (all on the training device).
+pub type TrainBatch = (Tensor, Tensor, Tensor);
+
+/// Batches that may fail while they are produced (a streamed image that does not decode).
+pub type Batches<'a, T> = Box<dyn Iterator<Item = anyhow::Result<T>> + 'a>;
+
+/// A dataset ready for training: labels on the training device, images either resident there
+/// or streamed from disk.
 pub struct Dataset {
     pub info: &'static DatasetInfo,
-    pub train_x: Tensor,
     pub train_y: Tensor,
-    pub test_x: Tensor,
     pub test_y: Tensor,
-    /// blake3 of the decoded images and labels: equal for the two CIFAR layouts of the same data.
+    /// blake3 of the decoded images and labels (equal for the two CIFAR layouts of the same
+    /// data); for streamed datasets, of the file list with sizes (see [`imagenet::fingerprint`]).
     pub fingerprint: String,
     /// Where it was read from.
     pub source: String,
+    images: Images,
     mean: Tensor,
     std: Tensor,
 }
 
-/// Reads and decodes a dataset's splits (no tensors yet).
+/// Where a dataset's images live.
+enum Images {
+    /// Decoded uint8 N×C×H×W on the training device; augmentation runs there.
+    Resident { train: Tensor, test: Tensor },
+    /// Files decoded per batch on a thread pool (ImageNet: 1.28M images do not fit in memory);
+    /// augmentation runs in the decoder ([`imagenet::train_view`]).
+    Streamed { train: Arc<Vec<(PathBuf, i64)>>, test: Arc<Vec<(PathBuf, i64)>> },
+}
+
+/// Batches decoded ahead of the training step for streamed datasets.
+const PREFETCH: usize = 4;
+
+/// Decoding threads for streamed datasets: rayon's count (all cores, or `RAYON_NUM_THREADS`).
+fn decode_threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Reads and decodes a dataset's splits (no tensors yet). Streamed datasets have no such
+/// splits: use [`Dataset::load`] or [`plan_fingerprint`].
 pub fn read(name: &str, dir: &Path) -> anyhow::Result<(&'static DatasetInfo, RawSplit, RawSplit, String)> {
-    let Some(info) = info(name) else {
-        let names: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();
-        crate::input_bail!("unknown dataset `{name}`; allowed: {}", names.join(", "));
-    };
+    let info = known(name)?;
     let (train, test, source) = match name {
         "cifar10" => cifar::load(cifar::Kind::C10, dir)?,
         "cifar100" => cifar::load(cifar::Kind::C100, dir)?,
@@ -162,23 +191,37 @@ pub fn read(name: &str, dir: &Path) -> anyhow::Result<(&'static DatasetInfo, Raw
                 (a, b, "embedded digits.csv.gz".to_string())
             }
         }
-        "tiny-imagenet" => tiny_imagenet::load(dir)?,
-        "imagenet" => {
-            // Validate the tree so the message can say what is there, then refuse honestly.
-            let (train, val) = imagenet::open(dir)?;
-            crate::input_bail!(
-                "{}: ImageNet ({} classes, {} train / {} val images) is streamed from disk, and the training loop \
-                 only trains on in-memory datasets so far: `harness run` cannot train on it yet \
-                 (`harness eval --dataset imagenet` evaluates a checkpoint on its val split)",
-                train.root.parent().unwrap_or(&train.root).display(),
-                train.classes.len(),
-                train.samples.len(),
-                val.samples.len()
-            );
-        }
+        "tiny-imagenet" => tiny_imagenet::load_cached(dir)?,
+        "imagenet" => anyhow::bail!("imagenet is streamed from disk; it has no in-memory splits to read"),
         _ => unreachable!("dataset table and reader match are in sync"),
     };
     Ok((info, train, test, source))
+}
+
+fn known(name: &str) -> anyhow::Result<&'static DatasetInfo> {
+    match info(name) {
+        Some(i) => Ok(i),
+        None => {
+            let names: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();
+            crate::input_bail!("unknown dataset `{name}`; allowed: {}", names.join(", "));
+        }
+    }
+}
+
+/// The fingerprint a plan records for a dataset (what [`Dataset::load`] will find), without
+/// placing anything on a device.
+pub fn plan_fingerprint(name: &str, dir: &Path) -> anyhow::Result<String> {
+    if is_streamed(name) {
+        let (train, val) = imagenet::open(dir)?;
+        return imagenet::fingerprint(&train, &val);
+    }
+    let (info, train, test, _) = read(name, dir)?;
+    Ok(fingerprint(info, &train, &test))
+}
+
+/// Whether a dataset is streamed from disk rather than held on the device.
+pub fn is_streamed(name: &str) -> bool {
+    name == "imagenet"
 }
 
 /// Hash of decoded content, so ids depend on the data, not on the file layout.
@@ -195,11 +238,76 @@ pub fn fingerprint(info: &DatasetInfo, train: &RawSplit, test: &RawSplit) -> Str
     h.finalize().to_hex()[..16].to_string()
 }
 
+/// BAKE's sampler over `labels`: shuffled anchors (as many as fit `n/(m+1)` groups), each
+/// followed by `m` images of its class drawn without replacement where the class allows
+/// (the anchor itself otherwise). Draws once from the (seeded) global generator.
+fn grouped_order(labels: &[i64], m: usize) -> Vec<i64> {
+    use rand::{Rng, SeedableRng};
+    let n = labels.len() as i64;
+    let mut by_class: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for (i, y) in labels.iter().enumerate() {
+        by_class.entry(*y).or_default().push(i as i64);
+    }
+    let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let perm: Vec<i64> = Vec::try_from(&Tensor::randperm(n, (Kind::Int64, Device::Cpu))).unwrap_or_default();
+    let group = m as i64 + 1;
+    let anchors = (n / group).max(1) as usize;
+    let mut order: Vec<i64> = Vec::with_capacity(anchors * (m + 1));
+    for &a in perm.iter().take(anchors) {
+        order.push(a);
+        let mut pool: Vec<i64> = by_class.get(&labels[a as usize]).map(|v| v.iter().copied().filter(|&i| i != a).collect()).unwrap_or_default();
+        for _ in 0..m {
+            if pool.is_empty() {
+                order.push(a);
+                continue;
+            }
+            let j = rng.gen_range(0..pool.len());
+            order.push(pool.swap_remove(j));
+        }
+    }
+    order
+}
+
 impl Dataset {
-    /// Reads a dataset from `dir` and places it on `device`.
+    /// Reads a dataset from `dir` and places it on `device` (streamed datasets: their file lists).
     pub fn load(name: &str, dir: &Path, device: Device) -> anyhow::Result<Dataset> {
+        if is_streamed(name) {
+            let info = known(name)?;
+            let (train, val) = imagenet::open(dir)?;
+            // Label = index of the sorted class folder, so a subset tree (fewer folders, as in
+            // tests) trains with the full 1000-way classifier; more folders cannot be labelled.
+            if train.classes.len() as i64 > info.classes {
+                crate::input_bail!(
+                    "{}: {} class folders; {} models have {} outputs, so at most {} classes can be labelled",
+                    train.root.display(),
+                    train.classes.len(),
+                    info.name,
+                    info.classes,
+                    info.classes
+                );
+            }
+            let fp = imagenet::fingerprint(&train, &val)?;
+            let source = train.root.parent().unwrap_or(&train.root).display().to_string();
+            return Ok(Dataset::streamed(info, train.samples, val.samples, fp, source, device));
+        }
         let (info, train, test, source) = read(name, dir)?;
         Dataset::from_raw(info, &train, &test, source, device)
+    }
+
+    /// A streamed dataset over (file, label) lists; images are decoded when batches are drawn.
+    pub fn streamed(
+        info: &'static DatasetInfo,
+        train: Vec<(PathBuf, i64)>,
+        test: Vec<(PathBuf, i64)>,
+        fingerprint: String,
+        source: String,
+        device: Device,
+    ) -> Dataset {
+        let labels = |s: &[(PathBuf, i64)]| Tensor::from_slice(&s.iter().map(|(_, y)| *y).collect::<Vec<i64>>()).to_device(device);
+        let (train_y, test_y) = (labels(&train), labels(&test));
+        let (mean, std) = mean_std(info, device);
+        Dataset { info, train_y, test_y, fingerprint, source, images: Images::Streamed { train: Arc::new(train), test: Arc::new(test) }, mean, std }
     }
 
     /// Builds the device tensors from decoded splits.
@@ -218,9 +326,8 @@ impl Dataset {
         };
         let (train_x, train_y) = to(train);
         let (test_x, test_y) = to(test);
-        let mean = Tensor::from_slice(info.mean).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
-        let std = Tensor::from_slice(info.std).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
-        Ok(Dataset { info, train_x, train_y, test_x, test_y, fingerprint: fp, source, mean, std })
+        let (mean, std) = mean_std(info, device);
+        Ok(Dataset { info, train_y, test_y, fingerprint: fp, source, images: Images::Resident { train: train_x, test: test_x }, mean, std })
     }
 
     pub fn train_len(&self) -> i64 {
@@ -231,68 +338,90 @@ impl Dataset {
         self.test_y.size()[0]
     }
 
+    /// The training images (uint8 on the device) when they are resident; `None` when streamed.
+    pub fn resident_train_x(&self) -> Option<&Tensor> {
+        match &self.images {
+            Images::Resident { train, .. } => Some(train),
+            Images::Streamed { .. } => None,
+        }
+    }
+
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.images, Images::Streamed { .. })
+    }
+
     /// uint8 images → normalised float.
     pub fn normalize(&self, x: &Tensor) -> Tensor {
         (x.to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
     }
 
+    /// The first `n` training images, normalised, without augmentation (a probe batch for
+    /// building modules whose shapes follow the features).
+    pub fn probe(&self, n: i64) -> anyhow::Result<Tensor> {
+        let n = n.clamp(1, self.train_len());
+        match &self.images {
+            Images::Resident { train, .. } => Ok(self.normalize(&train.narrow(0, 0, n))),
+            Images::Streamed { train, .. } => {
+                let mut it = self.stream(train, (0..n as usize).collect(), n, false, 0);
+                let (x, _, _) = it.next().context("the training split is empty")??;
+                Ok(x)
+            }
+        }
+    }
+
     /// One epoch of shuffled (and optionally augmented) training batches, produced lazily.
     /// The last partial batch is kept (PyTorch's DataLoader without drop_last). Draws from the
     /// global RNG, which the training loop seeds per run and epoch.
-    pub fn train_batches(&self, batch_size: i64, augment: bool) -> impl Iterator<Item = (Tensor, Tensor, Tensor)> + '_ {
+    pub fn train_batches(&self, batch_size: i64, augment: bool) -> Batches<'_, TrainBatch> {
         let n = self.train_len();
-        let perm = Tensor::randperm(n, (Kind::Int64, self.train_y.device()));
-        let nb = (n + batch_size - 1) / batch_size;
-        (0..nb).map(move |i| {
-            let start = i * batch_size;
-            self.gather(&perm.narrow(0, start, batch_size.min(n - start)), augment)
-        })
-    }
-
-    /// Training batches built as BAKE's sampler does: `batch/(m+1)` shuffled anchors per batch,
-    /// each followed by `m` images of its class (without replacement where the class allows).
-    /// An epoch holds about as many images as the training set. Draws from the global RNG.
-    pub fn train_batches_grouped(&self, batch_size: i64, m: usize, augment: bool) -> impl Iterator<Item = (Tensor, Tensor, Tensor)> + '_ {
-        use rand::{Rng, SeedableRng};
-        let n = self.train_len();
-        let labels: Vec<i64> = Vec::try_from(&self.train_y.to_device(tch::Device::Cpu)).unwrap_or_default();
-        let mut by_class: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
-        for (i, y) in labels.iter().enumerate() {
-            by_class.entry(*y).or_default().push(i as i64);
-        }
-        // One draw from the (seeded) global generator makes the sampler deterministic per epoch.
-        let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, tch::Device::Cpu)).int64_value(&[0]) as u64;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let perm: Vec<i64> = Vec::try_from(&Tensor::randperm(n, (Kind::Int64, tch::Device::Cpu))).unwrap_or_default();
-        let group = m as i64 + 1;
-        let anchors = (n / group).max(1) as usize;
-        let mut order: Vec<i64> = Vec::with_capacity(anchors * (m + 1));
-        for &a in perm.iter().take(anchors) {
-            order.push(a);
-            let pool: Vec<i64> = by_class.get(&labels[a as usize]).map(|v| v.iter().copied().filter(|&i| i != a).collect()).unwrap_or_default();
-            let mut pool = pool;
-            for _ in 0..m {
-                if pool.is_empty() {
-                    order.push(a);
-                    continue;
-                }
-                let j = rng.gen_range(0..pool.len());
-                order.push(pool.swap_remove(j));
+        match &self.images {
+            Images::Resident { train, .. } => {
+                let perm = Tensor::randperm(n, (Kind::Int64, self.train_y.device()));
+                let nb = (n + batch_size - 1) / batch_size;
+                Box::new((0..nb).map(move |i| {
+                    let start = i * batch_size;
+                    Ok(self.gather(train, &perm.narrow(0, start, batch_size.min(n - start)), augment))
+                }))
+            }
+            Images::Streamed { train, .. } => {
+                // The order and every sample's augmentation follow one draw from the seeded
+                // global generator, so a streamed epoch is as reproducible as a resident one.
+                let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+                let mut order: Vec<usize> = (0..n as usize).collect();
+                order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+                self.stream(train, order, batch_size, augment, seed)
             }
         }
-        let idx_all = Tensor::from_slice(&order).to_device(self.train_y.device());
-        let total = order.len() as i64;
+    }
+
+    /// Training batches built as BAKE's sampler does ([`grouped_order`]): `batch/(m+1)` anchors
+    /// per batch, each followed by `m` images of its class. An epoch holds about as many images
+    /// as the training set. Draws from the global RNG.
+    pub fn train_batches_grouped(&self, batch_size: i64, m: usize, augment: bool) -> Batches<'_, TrainBatch> {
+        let labels: Vec<i64> = Vec::try_from(&self.train_y.to_device(Device::Cpu)).unwrap_or_default();
+        let order = grouped_order(&labels, m);
+        let group = m as i64 + 1;
         let per = (batch_size / group).max(1) * group;
-        let nb = (total + per - 1) / per;
-        (0..nb).map(move |i| {
-            let start = i * per;
-            self.gather(&idx_all.narrow(0, start, per.min(total - start)), augment)
-        })
+        match &self.images {
+            Images::Resident { train, .. } => {
+                let idx_all = Tensor::from_slice(&order).to_device(self.train_y.device());
+                let total = order.len() as i64;
+                let nb = (total + per - 1) / per;
+                Box::new((0..nb).map(move |i| {
+                    let start = i * per;
+                    Ok(self.gather(train, &idx_all.narrow(0, start, per.min(total - start)), augment))
+                }))
+            }
+            Images::Streamed { train, .. } => {
+                let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+                self.stream(train, order.iter().map(|&i| i as usize).collect(), per, augment, seed)
+            }
+        }
     }
 
     /// Training images, labels and dataset indices at `idx`, augmented if asked, normalised.
-    fn gather(&self, idx: &Tensor, augment: bool) -> (Tensor, Tensor, Tensor) {
-        let mut x = self.train_x.index_select(0, idx);
+    fn gather(&self, train: &Tensor, idx: &Tensor, augment: bool) -> TrainBatch {
+        let mut x = train.index_select(0, idx);
         if augment {
             x = crop_flip(&x, self.info.pad, self.info.flip);
             if self.info.rotate > 0.0 {
@@ -302,16 +431,49 @@ impl Dataset {
         (self.normalize(&x), self.train_y.index_select(0, idx), idx.shallow_clone())
     }
 
-    /// Test batches in dataset order, normalised, no augmentation.
-    pub fn test_batches(&self, batch_size: i64) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
-        let n = self.test_len();
-        let nb = (n + batch_size - 1) / batch_size;
-        (0..nb).map(move |i| {
-            let start = i * batch_size;
-            let len = batch_size.min(n - start);
-            (self.normalize(&self.test_x.narrow(0, start, len)), self.test_y.narrow(0, start, len))
-        })
+    /// Decoded batches of `samples` at `order`, normalised on the training device; `augment`
+    /// picks the training view (random resized crop + flip) over the evaluation view.
+    fn stream(&self, samples: &Arc<Vec<(PathBuf, i64)>>, order: Vec<usize>, batch_size: i64, augment: bool, seed: u64) -> Batches<'_, TrainBatch> {
+        let cfg = imagenet::LoaderCfg {
+            batch_size: batch_size.max(1) as usize,
+            mode: if augment { imagenet::Mode::Train } else { imagenet::Mode::Eval },
+            seed,
+            epoch: 0,
+            prefetch: PREFETCH,
+            threads: decode_threads(),
+        };
+        let dev = self.train_y.device();
+        match imagenet::Loader::with_order(samples.clone(), order, cfg) {
+            Err(e) => Box::new(std::iter::once(Err(e))),
+            Ok(loader) => Box::new(loader.map(move |b| {
+                let b = b?;
+                let (x, y) = b.tensors();
+                Ok((self.normalize(&x.to_device(dev)), y.to_device(dev), Tensor::from_slice(&b.idx).to_device(dev)))
+            })),
+        }
     }
+
+    /// Test batches in dataset order, normalised, no augmentation.
+    pub fn test_batches(&self, batch_size: i64) -> Batches<'_, (Tensor, Tensor)> {
+        let n = self.test_len();
+        match &self.images {
+            Images::Resident { test, .. } => {
+                let nb = (n + batch_size - 1) / batch_size;
+                Box::new((0..nb).map(move |i| {
+                    let start = i * batch_size;
+                    let len = batch_size.min(n - start);
+                    Ok((self.normalize(&test.narrow(0, start, len)), self.test_y.narrow(0, start, len)))
+                }))
+            }
+            Images::Streamed { test, .. } => Box::new(self.stream(test, (0..n as usize).collect(), batch_size, false, 0).map(|b| b.map(|(x, y, _)| (x, y)))),
+        }
+    }
+}
+
+fn mean_std(info: &DatasetInfo, device: Device) -> (Tensor, Tensor) {
+    let c = info.shape.0;
+    let t = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
+    (t(info.mean), t(info.std))
 }
 
 /// Mixup (Zhang et al. 2018), as MIX-KD draws it: two independent permutations, a per-sample

@@ -7,11 +7,16 @@
 //! assigns them (mdistiller's loader, whose Tiny-ImageNet teacher checkpoint expects this order;
 //! `wnids.txt` itself is not sorted). The validation split plays the test split's role, as in
 //! mdistiller.
+//!
+//! Decoding 110,000 JPEGs takes minutes on one core, and every run (one child process each) and
+//! every `plan` needs the splits: [`load_cached`] keeps the decoded splits in a cache file keyed by
+//! the file list (paths, sizes, modification times), so only the first reader decodes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use super::{RawSplit, jpeg};
 use crate::error::InputError;
@@ -114,12 +119,121 @@ pub fn decode_split(files: &[(PathBuf, i64)]) -> anyhow::Result<RawSplit> {
     Ok(RawSplit { x, y: files.iter().map(|(_, y)| *y).collect() })
 }
 
-/// Loads (train, val) from `dir`; the classes must be the real 200.
-pub fn load(dir: &Path) -> anyhow::Result<(RawSplit, RawSplit, String)> {
+/// The root and both splits' file lists of the real dataset (200 classes).
+fn open(dir: &Path) -> anyhow::Result<(PathBuf, Vec<(PathBuf, i64)>, Vec<(PathBuf, i64)>)> {
     let root = locate(dir)?;
     let (ids, train, val) = samples(&root)?;
     if ids.len() != CLASSES {
         return Err(input(format!("{}: {} class ids, Tiny-ImageNet has {CLASSES}", root.join("wnids.txt").display(), ids.len())));
     }
+    Ok((root, train, val))
+}
+
+/// Loads (train, val) from `dir`, decoding every image; the classes must be the real 200.
+pub fn load(dir: &Path) -> anyhow::Result<(RawSplit, RawSplit, String)> {
+    let (root, train, val) = open(dir)?;
     Ok((decode_split(&train)?, decode_split(&val)?, root.display().to_string()))
+}
+
+/// Bumped when the decoder or the cache layout changes, so old cache files are not read.
+const CACHE_VERSION: &str = "tiny-imagenet-decoded-v1";
+
+/// Environment variable naming the cache folder (default `$XDG_CACHE_HOME/kd-harness` or
+/// `~/.cache/kd-harness`); `off` disables the cache.
+pub const CACHE_ENV: &str = "KD_HARNESS_CACHE";
+
+/// The folder decoded datasets are cached in, or `None` when caching is off or no home is known.
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os(CACHE_ENV) {
+        Some(v) if v == "off" => None,
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("kd-harness")),
+    }
+}
+
+/// Cache key of a tree: every file's path relative to the root, size, modification time and label.
+fn cache_key(root: &Path, train: &[(PathBuf, i64)], val: &[(PathBuf, i64)]) -> anyhow::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update(CACHE_VERSION.as_bytes());
+    for split in [train, val] {
+        h.update(&(split.len() as u64).to_le_bytes());
+        for (p, y) in split {
+            let m = std::fs::metadata(p).map_err(|e| input(format!("{}: {e}", p.display())))?;
+            let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+            h.update(p.strip_prefix(root).unwrap_or(p).to_string_lossy().as_bytes());
+            h.update(&m.len().to_le_bytes());
+            h.update(&mtime.to_le_bytes());
+            h.update(&y.to_le_bytes());
+        }
+    }
+    Ok(h.finalize().to_hex()[..32].to_string())
+}
+
+/// Reads a cache file; `None` when it is unusable (a damaged or foreign file is re-decoded, never trusted).
+fn read_cache(path: &Path, n_train: usize, n_val: usize) -> Option<(RawSplit, RawSplit)> {
+    let bytes = std::fs::read(path).ok()?;
+    let st = SafeTensors::deserialize(&bytes).ok()?;
+    let per = (3 * SIDE * SIDE) as usize;
+    let split = |name: &str, n: usize| -> Option<RawSplit> {
+        let x = st.tensor(&format!("{name}_x")).ok()?;
+        let y = st.tensor(&format!("{name}_y")).ok()?;
+        if x.dtype() != Dtype::U8 || x.data().len() != n * per || y.dtype() != Dtype::I64 || y.data().len() != n * 8 {
+            return None;
+        }
+        let labels = y.data().chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+        Some(RawSplit { x: x.data().to_vec(), y: labels })
+    };
+    Some((split("train", n_train)?, split("val", n_val)?))
+}
+
+fn view(d: Dtype, shape: Vec<usize>, data: &[u8]) -> anyhow::Result<TensorView<'_>> {
+    TensorView::new(d, shape, data).map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Writes a cache file atomically (temporary file, then rename): concurrent runs may race to
+/// write it, and a reader never sees a partial file.
+fn write_cache(path: &Path, train: &RawSplit, val: &RawSplit) -> anyhow::Result<()> {
+    let dir = path.parent().ok_or_else(|| anyhow::anyhow!("{}: no parent folder", path.display()))?;
+    std::fs::create_dir_all(dir)?;
+    let side = SIDE as usize;
+    let ys: Vec<Vec<u8>> = [train, val].iter().map(|s| s.y.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let tensors = vec![
+        ("train_x", view(Dtype::U8, vec![train.y.len(), 3, side, side], &train.x)?),
+        ("train_y", view(Dtype::I64, vec![train.y.len()], &ys[0])?),
+        ("val_x", view(Dtype::U8, vec![val.y.len(), 3, side, side], &val.x)?),
+        ("val_y", view(Dtype::I64, vec![val.y.len()], &ys[1])?),
+    ];
+    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    safetensors::serialize_to_file(tensors, &None, &tmp).map_err(|e| anyhow::anyhow!("writing {}: {e:?}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("renaming {}: {e}", tmp.display())
+    })
+}
+
+/// [`load`] through the decoded cache in [`cache_dir`] (see the module docs).
+pub fn load_cached(dir: &Path) -> anyhow::Result<(RawSplit, RawSplit, String)> {
+    load_cached_in(dir, cache_dir().as_deref())
+}
+
+/// [`load`] through a cache in `cache` (`None`: no cache). A cache that cannot be written only
+/// costs the next reader the decode.
+pub fn load_cached_in(dir: &Path, cache: Option<&Path>) -> anyhow::Result<(RawSplit, RawSplit, String)> {
+    let (root, train, val) = open(dir)?;
+    let Some(cache) = cache else {
+        return Ok((decode_split(&train)?, decode_split(&val)?, root.display().to_string()));
+    };
+    let file = cache.join("decoded").join(format!("{}.safetensors", cache_key(&root, &train, &val)?));
+    if let Some((a, b)) = read_cache(&file, train.len(), val.len()) {
+        return Ok((a, b, root.display().to_string()));
+    }
+    let (a, b) = (decode_split(&train)?, decode_split(&val)?);
+    if let Err(e) = write_cache(&file, &a, &b) {
+        eprintln!("note: could not cache the decoded Tiny-ImageNet in {} ({e:#}); it will be decoded again next time", cache.display());
+    }
+    Ok((a, b, root.display().to_string()))
 }

@@ -82,41 +82,15 @@ pub fn widths_from_pruned(vs: &nn::VarStore, in_channels: i64) -> anyhow::Result
 }
 
 /// Test-set logits in dataset order (eval mode, no-grad), on the CPU as float32.
-pub fn test_logits(model: &dyn Model, data: &Dataset) -> Tensor {
-    tch::no_grad(|| {
-        let cl = crate::env::channels_last();
-        let parts: Vec<Tensor> = data
-            .test_batches(EVAL_BATCH)
-            .map(|(x, _)| {
-                let x = if cl { models::to_channels_last(&x) } else { x };
-                model.forward(&x, false).logits.to_device(Device::Cpu).to_kind(Kind::Float)
-            })
-            .collect();
-        Tensor::cat(&parts, 0)
-    })
-}
-
-/// Logits (CPU, float32) and labels of a streamed evaluation split (ImageNet's val: Resize 256 +
-/// CenterCrop 224, file order), normalised with the dataset's mean and std on `device`.
-pub fn streamed_test_logits(
-    model: &dyn Model,
-    samples: std::sync::Arc<Vec<(PathBuf, i64)>>,
-    info: &crate::data::DatasetInfo,
-    device: Device,
-) -> anyhow::Result<(Tensor, Tensor)> {
-    use crate::data::imagenet::{Loader, LoaderCfg, Mode};
-    let c = info.shape.0;
-    let mean = Tensor::from_slice(info.mean).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
-    let std = Tensor::from_slice(info.std).to_kind(Kind::Float).view([1, c, 1, 1]).to_device(device);
-    let cfg = LoaderCfg { batch_size: EVAL_BATCH as usize, mode: Mode::Eval, seed: 0, epoch: 0, prefetch: 4, threads: rayon::current_num_threads() };
-    let (mut logits, mut labels) = (Vec::new(), Vec::new());
-    for batch in Loader::new(samples, cfg)? {
-        let (x, y) = batch?.tensors();
-        let x = (x.to_device(device).to_kind(Kind::Float) / 255.0 - &mean) / &std;
-        logits.push(tch::no_grad(|| model.forward(&x, false)).logits.to_device(Device::Cpu).to_kind(Kind::Float));
-        labels.push(y);
+pub fn test_logits(model: &dyn Model, data: &Dataset) -> anyhow::Result<Tensor> {
+    let cl = crate::env::channels_last();
+    let mut parts = Vec::new();
+    for b in data.test_batches(EVAL_BATCH) {
+        let (x, _) = b?;
+        let x = if cl { models::to_channels_last(&x) } else { x };
+        parts.push(tch::no_grad(|| model.forward(&x, false)).logits.to_device(Device::Cpu).to_kind(Kind::Float));
     }
-    Ok((Tensor::cat(&logits, 0), Tensor::cat(&labels, 0)))
+    Ok(Tensor::cat(&parts, 0))
 }
 
 /// Accuracy-type metrics of a set of logits.
@@ -388,7 +362,7 @@ pub fn train(
     let aux = nn::VarStore::new(device);
     {
         let n = r.batch_size.min(2) as i64;
-        let probe = data.normalize(&data.train_x.narrow(0, 0, n));
+        let probe = data.probe(n)?;
         let (s, t) = tch::no_grad(|| (net.model.forward(&probe, false), teachers.iter().map(|t| t.net.model.forward(&probe, false)).collect::<Vec<_>>()));
         distiller.set_train_labels(&data.train_y);
         let tnames: Vec<String> = spec.teachers.iter().map(|t| t.model().to_string()).collect();
@@ -416,9 +390,10 @@ pub fn train(
     // (several teachers: their ensemble, the log of the averaged probabilities).
     let teacher_test = match teachers.len() {
         0 => None,
-        1 => Some(test_logits(teachers[0].net.model.as_ref(), data)),
+        1 => Some(test_logits(teachers[0].net.model.as_ref(), data)?),
         k => {
-            let lps: Vec<Tensor> = teachers.iter().map(|t| test_logits(t.net.model.as_ref(), data).log_softmax(1, Kind::Float)).collect();
+            let lps: Vec<Tensor> =
+                teachers.iter().map(|t| Ok(test_logits(t.net.model.as_ref(), data)?.log_softmax(1, Kind::Float))).collect::<anyhow::Result<_>>()?;
             Some(Tensor::stack(&lps, 0).logsumexp([0i64].as_slice(), false) - (k as f64).ln())
         }
     };
@@ -491,12 +466,10 @@ pub fn train(
         let mut total_sum = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut seen = 0i64;
-        let batches: Box<dyn Iterator<Item = (Tensor, Tensor, Tensor)>> = if group > 0 {
-            Box::new(data.train_batches_grouped(r.batch_size as i64, group, r.augment))
-        } else {
-            Box::new(data.train_batches(r.batch_size as i64, r.augment))
-        };
-        for (x, y, idx) in batches {
+        let batches =
+            if group > 0 { data.train_batches_grouped(r.batch_size as i64, group, r.augment) } else { data.train_batches(r.batch_size as i64, r.augment) };
+        for batch in batches {
+            let (x, y, idx) = batch?;
             let x = if channels_last { models::to_channels_last(&x) } else { x };
             let bs = y.size()[0];
             let (x, y, soft) = match &mixup {
@@ -563,7 +536,7 @@ pub fn train(
         train_time += epoch_train_s;
         images += seen;
 
-        let logits = test_logits(net.model.as_ref(), data);
+        let logits = test_logits(net.model.as_ref(), data)?;
         last = evaluate(&logits, &data.test_y);
         if epoch == r.epochs {
             stats_out = metrics::output_stats(&logits, &data.test_y.to_device(Device::Cpu));
@@ -578,7 +551,8 @@ pub fn train(
             best_epoch = epoch;
         }
         // Online peers are evaluated like the network itself; method statistics are logged too.
-        let peer_top1: Vec<f64> = peers.iter().map(|p| evaluate(&test_logits(p.model.as_ref(), data), &data.test_y).top1).collect();
+        let peer_top1: Vec<f64> =
+            peers.iter().map(|p| Ok(evaluate(&test_logits(p.model.as_ref(), data)?, &data.test_y).top1)).collect::<anyhow::Result<_>>()?;
         for (k, t) in peer_top1.iter().enumerate() {
             if peers_best.len() <= k {
                 peers_best.push(*t);
@@ -727,7 +701,7 @@ fn start_pruned(
     } else {
         let masks = match stage.method.as_str() {
             "prue" => {
-                let (m, thr) = prune::prue_model(&net.vs, net.model.as_ref(), data, stage.amount, stage.batch as i64, spec.train.augment);
+                let (m, thr) = prune::prue_model(&net.vs, net.model.as_ref(), data, stage.amount, stage.batch as i64, spec.train.augment)?;
                 writeln!(log, "PrUE threshold {thr:?} at sparsity {}", stage.amount)?;
                 m
             }

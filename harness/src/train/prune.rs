@@ -146,28 +146,34 @@ pub fn prue_masks(scores: &[Tensor], sparsity: f64) -> (Vec<Tensor>, Option<f64>
 
 /// The training set sorted by label (stable, so the order within a class is the dataset's), in
 /// unshuffled batches with the training augmentation on, as PrUE's `get_cifar_prune_loader`.
-pub fn sorted_batches(data: &Dataset, batch: i64, augment: bool) -> Vec<(Tensor, Tensor)> {
+pub fn sorted_batches(data: &Dataset, batch: i64, augment: bool) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
+    let Some(train_x) = data.resident_train_x() else {
+        crate::input_bail!(
+            "PrUE scores every training image in memory; dataset {} is streamed from disk, so prune it with method = \"magnitude\"",
+            data.info.name
+        );
+    };
     let (_, order) = data.train_y.sort(0, false);
     let n = data.train_len();
     let mut out = Vec::new();
     let mut start = 0;
     while start < n {
         let idx = order.narrow(0, start, batch.min(n - start));
-        let mut x = data.train_x.index_select(0, &idx);
+        let mut x = train_x.index_select(0, &idx);
         if augment && (data.info.pad > 0 || data.info.flip) {
             x = crate::data::crop_flip(&x, data.info.pad, data.info.flip);
         }
         out.push((data.normalize(&x), data.train_y.index_select(0, &idx)));
         start += batch;
     }
-    out
+    Ok(out)
 }
 
 /// PrUE masks for a whole model over its conv weights, the model in eval mode (§6).
-pub fn prue_model(vs: &nn::VarStore, model: &dyn Model, data: &Dataset, sparsity: f64, batch: i64, augment: bool) -> (Masks, Option<f64>) {
+pub fn prue_model(vs: &nn::VarStore, model: &dyn Model, data: &Dataset, sparsity: f64, batch: i64, augment: bool) -> anyhow::Result<(Masks, Option<f64>)> {
     let named = prunable(vs, Scope::Conv);
     let weights: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
-    let batches = sorted_batches(data, batch, augment);
+    let batches = sorted_batches(data, batch, augment)?;
     let scores = prue_scores(&weights, &batches, data.info.classes, &|x| model.forward(x, false).logits);
     for w in &weights {
         let mut g = w.grad();
@@ -176,7 +182,7 @@ pub fn prue_model(vs: &nn::VarStore, model: &dyn Model, data: &Dataset, sparsity
         }
     }
     let (masks, thr) = prue_masks(&scores, sparsity);
-    (named.into_iter().map(|(n, _)| n).zip(masks).collect(), thr)
+    Ok((named.into_iter().map(|(n, _)| n).zip(masks).collect(), thr))
 }
 
 /// One magnitude round over a whole model, continuing from `previous` masks (all ones if none).
