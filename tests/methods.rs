@@ -272,14 +272,33 @@ fn teacher_counts_and_parameter_values_are_validated() {
     }
 }
 
+/// The smallest tree the Tiny-ImageNet reader takes: 200 classes of one black 64×64 JPEG, one
+/// val image. Planning reads (and fingerprints) the data but never trains on it.
+fn tiny_imagenet_tree(root: &Path) {
+    let t = root.join("tiny-imagenet-200");
+    let ids: Vec<String> = (0..200).map(|c| format!("n{c:08}")).collect();
+    let jpeg = harness::data::jpeg::encode(&image::RgbImage::new(64, 64), 90).unwrap();
+    for w in &ids {
+        let d = t.join(format!("train/{w}/images"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("{w}_0.JPEG")), &jpeg).unwrap();
+    }
+    std::fs::create_dir_all(t.join("val/images")).unwrap();
+    std::fs::write(t.join("val/images/val_0.JPEG"), &jpeg).unwrap();
+    std::fs::write(t.join("val/val_annotations.txt"), format!("val_0.JPEG\t{}\t0\t0\t63\t63\n", ids[0])).unwrap();
+    std::fs::write(t.join("wnids.txt"), ids.join("\n") + "\n").unwrap();
+}
+
 #[test]
 fn shipped_suites_validate_and_plan() {
-    // The CIFAR suites need the real data to train; planning needs only files in the CIFAR layout.
+    // The CIFAR and Tiny-ImageNet suites need the real data to train; planning needs only files
+    // in their layouts.
     let dir = tempfile::tempdir().unwrap();
     let o = harness(&["data", "synth", "--out", "synth", "--classes", "100", "--train", "200", "--test", "100"], dir.path());
     assert!(o.status.success(), "{}", text(&o));
+    tiny_imagenet_tree(&dir.path().join("synth"));
     let suites = Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites");
-    let mut seen = 0;
+    let (mut seen, mut tiny) = (0, false);
     for e in std::fs::read_dir(&suites).unwrap() {
         let p = e.unwrap().path();
         if p.extension().and_then(|x| x.to_str()) != Some("toml") {
@@ -296,8 +315,13 @@ fn shipped_suites_validate_and_plan() {
             // 11 pairs x 4 distillation methods x 5 seeds.
             assert!(text(&o).contains("271 runs = 6 teachers + 265 students"), "{}", text(&o));
         }
+        if p.file_name().unwrap() == "tiny_imagenet.toml" {
+            // The ResNet18 teacher; 2 students x {ce, kd} x 3 seeds, mdistiller's MobileNetV2 by its own name.
+            assert!(text(&o).contains("13 runs = 1 teachers + 12 students") && text(&o).contains("mobilenetv2_tinyimagenet"), "{}", text(&o));
+            tiny = true;
+        }
     }
-    assert!(seen >= 9);
+    assert!(seen >= 9 && tiny);
 }
 
 /// suites/takd_paper.toml reproduces the TAKD code's loss, λ·T²·nn.KLDivLoss()(…) (element mean

@@ -1,12 +1,17 @@
 //! The CIFAR model zoo: parameter counts and state-dict names of the RepDistiller/mdistiller
-//! definitions (anchors.md §4), forward shapes and the feature taps every model exposes.
+//! definitions (anchors.md §4), forward shapes and the feature taps every model exposes, at
+//! 32×32 and at Tiny-ImageNet's 64×64 (mdistiller's Tiny-ImageNet setups use the CIFAR nets).
 
 mod common;
 
-use harness::models::{self, ModelCfg};
+use std::collections::HashMap;
+
+use harness::models::{self, Input, ModelCfg};
 use tch::{Device, Kind, Tensor, nn};
 
 const CFG: ModelCfg = ModelCfg { in_channels: 3, num_classes: 100 };
+/// Tiny-ImageNet's classes.
+const TINY: ModelCfg = ModelCfg { in_channels: 3, num_classes: 200 };
 
 #[test]
 fn parameter_counts_match_the_reference_definitions() {
@@ -25,12 +30,16 @@ fn parameter_counts_match_the_reference_definitions() {
         ("ShuffleV2", 1_355_528),
         ("ResNet50", 23_705_252),
         ("ResNet18", 11_220_132),
+        // PyTorch's count of mdistiller's mv2_tinyimagenet.py MobileNetV2(num_classes=100).
+        ("mobilenetv2_tinyimagenet", 2_369_380),
     ] {
         assert_eq!(models::count_params(models::find(name).unwrap(), CFG), n, "{name}");
     }
+    // ... and of MobileNetV2(num_classes=200), the Tiny-ImageNet student.
+    assert_eq!(models::count_params(models::find("mobilenetv2_tinyimagenet").unwrap(), TINY), 2_497_480);
 }
 
-fn keys(name: &str) -> std::collections::HashMap<String, Tensor> {
+fn keys(name: &str) -> HashMap<String, Tensor> {
     let vs = nn::VarStore::new(Device::Cpu);
     let _m = (models::find(name).unwrap().build)(&vs.root(), CFG);
     vs.variables()
@@ -92,6 +101,25 @@ fn state_dict_names_and_shapes_are_pytorchs() {
         ),
         ("ResNet50", &[("layer1.0.shortcut.0.weight", &[256, 64, 1, 1]), ("layer4.2.conv3.weight", &[2048, 512, 1, 1]), ("linear.weight", &[100, 2048])]),
         ("ResNet18", &[("layer2.0.shortcut.1.running_mean", &[128]), ("layer4.1.conv2.weight", &[512, 512, 3, 3])]),
+        (
+            "mobilenetv2_tinyimagenet",
+            &[
+                ("pre.0.weight", &[32, 3, 1, 1]),
+                ("pre.0.bias", &[32]),
+                ("pre.1.running_mean", &[32]),
+                ("stage1.residual.0.weight", &[32, 32, 1, 1]),
+                ("stage1.residual.3.weight", &[32, 1, 3, 3]),
+                ("stage1.residual.6.bias", &[16]),
+                ("stage2.0.residual.0.weight", &[96, 16, 1, 1]),
+                ("stage2.1.residual.7.running_var", &[24]),
+                ("stage6.2.residual.3.weight", &[960, 1, 3, 3]),
+                ("stage7.residual.6.weight", &[320, 960, 1, 1]),
+                ("conv1.0.weight", &[1280, 320, 1, 1]),
+                ("conv1.1.weight", &[1280]),
+                ("conv2.weight", &[100, 1280, 1, 1]),
+                ("conv2.bias", &[100]),
+            ],
+        ),
     ];
     for (model, expected) in checks {
         let k = keys(model);
@@ -106,7 +134,7 @@ fn state_dict_names_and_shapes_are_pytorchs() {
 
 #[test]
 fn every_model_runs_and_exposes_its_taps() {
-    for e in models::entries().filter(|e| e.input == Some((3, 32, 32))) {
+    for e in models::entries().filter(|e| e.input == Input::Native(3, 32, 32)) {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = (e.build)(&vs.root(), CFG);
         let out = tch::no_grad(|| m.forward(&Tensor::zeros([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false));
@@ -119,17 +147,50 @@ fn every_model_runs_and_exposes_its_taps() {
     }
 }
 
+/// Tiny-ImageNet (3×64×64, 200 classes) through every CIFAR-registered model and mdistiller's
+/// Tiny-ImageNet MobileNetV2: they pool globally, so the suite check lets them run there.
+#[test]
+fn cifar_models_run_at_tiny_imagenet_size() {
+    let tiny = harness::data::info("tiny-imagenet").unwrap();
+    assert_eq!((tiny.shape, tiny.classes), ((3, 64, 64), TINY.num_classes));
+    let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+    let cifar: Vec<_> = models::entries().filter(|e| e.input == Input::Native(3, 32, 32)).collect();
+    assert!(cifar.len() >= 20);
+    for e in cifar.into_iter().chain(models::find("mobilenetv2_tinyimagenet")) {
+        assert!(e.input.accepts(tiny.shape), "{}: {}", e.name, e.input);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = (e.build)(&vs.root(), TINY);
+        let out = tch::no_grad(|| m.forward(&x, false));
+        assert_eq!(out.logits.size(), vec![2, 200], "{}", e.name);
+        assert_eq!(out.pooled.dim(), 2, "{}", e.name);
+        assert!(tch::no_grad(|| m.head(&out.pooled)).allclose(&out.logits, 1e-5, 1e-6, false), "{}: head(pooled) != logits", e.name);
+        assert!(out.feats.len() >= 4 && out.feats.len() == out.preact.len(), "{}", e.name);
+        // The last tap is a map larger than at 32×32 (not pooled away by a fixed window).
+        let last = out.feats.last().unwrap().size();
+        assert!(last.len() == 4 && last[2] >= 2, "{}: last tap {last:?}", e.name);
+    }
+}
+
+/// Only a fixed-size model is refused, on the spatial size alone (channels follow the dataset).
+#[test]
+fn only_fixed_inputs_refuse_other_sizes() {
+    assert!(Input::Native(3, 32, 32).accepts((3, 64, 64)) && Input::Native(3, 32, 32).accepts((1, 8, 8)) && Input::Any.accepts((3, 224, 224)));
+    assert!(!Input::Fixed(3, 32, 32).accepts((3, 64, 64)) && Input::Fixed(3, 32, 32).accepts((1, 32, 32)));
+    assert_eq!([Input::Any, Input::Native(3, 32, 32), Input::Fixed(3, 32, 32)].map(|i| i.to_string()), ["any", "3x32x32", "3x32x32 only"]);
+    assert_eq!(models::find("mobilenetv2_tinyimagenet").unwrap().input, Input::Native(3, 64, 64));
+}
+
 #[test]
 fn forward_tail_continues_the_forward_from_a_stage() {
     tch::manual_seed(0);
-    for name in ["resnet8", "wrn_16_1", "ResNet18"] {
+    for (name, side) in [("resnet8", 32), ("wrn_16_1", 32), ("ResNet18", 32), ("resnet8", 64), ("wrn_16_1", 64), ("mobilenetv2_tinyimagenet", 64)] {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = (models::find(name).unwrap().build)(&vs.root(), CFG);
-        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([2, 3, side, side], (Kind::Float, Device::Cpu));
         let out = tch::no_grad(|| m.forward(&x, false));
-        for stage in 1..out.feats.len() {
+        for stage in 0..out.feats.len() {
             let z = tch::no_grad(|| m.forward_tail(&out.feats[stage], stage, false)).unwrap();
-            assert!(z.allclose(&out.logits, 1e-4, 1e-5, false), "{name} from stage {stage}");
+            assert!(z.allclose(&out.logits, 1e-4, 1e-5, false), "{name} at {side}x{side} from stage {stage}");
         }
     }
     let vs = nn::VarStore::new(Device::Cpu);
@@ -171,15 +232,63 @@ fn preact_taps_are_repdistillers() {
 
 /// Same weights and input → the same logits, pooled vector and feature taps (post- and
 /// pre-activation) as independent PyTorch definitions of the architectures
-/// (scripts/reference/models.py), BN in eval mode with non-trivial statistics.
-#[test]
-fn forward_matches_pytorch_reference_definitions() {
+/// (scripts/reference/models.py), BN in eval mode with non-trivial statistics. Returns what the
+/// reference computed per model; `None` without the venv's torch.
+fn matches_reference(names: &[&str], cfg: ModelCfg, x: &Tensor) -> Option<HashMap<String, HashMap<String, Tensor>>> {
     let Some(py) = common::venv_python() else {
         eprintln!("SKIPPED: no ~/.cache/kd-harness/venv python (LIBTORCH set by the user); the reference needs torch");
-        return;
+        return None;
     };
     let dir = tempfile::tempdir().unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/forward.py");
+    let xp = dir.path().join("x.safetensors");
+    Tensor::write_safetensors(&[("x", x)], &xp).unwrap();
+    let mut all = HashMap::new();
+    for &name in names {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = (models::find(name).unwrap().build)(&vs.root(), cfg);
+        tch::no_grad(|| {
+            for (k, mut v) in vs.variables() {
+                let r = Tensor::rand_like(&v);
+                // 1-d weights are BN scales in every zoo model.
+                if k.ends_with("running_var") || k.ends_with("weight") && v.dim() == 1 {
+                    v.copy_(&(r * 1.0 + 0.5));
+                } else if k.ends_with("running_mean") || (v.dim() == 1 && k.ends_with("bias")) {
+                    v.copy_(&((r - 0.5) * 0.2));
+                }
+            }
+        });
+        let wp = dir.path().join(format!("{name}.safetensors"));
+        models::checkpoint::save_atomic(&vs, &wp).unwrap();
+        let op = dir.path().join(format!("{name}.out.safetensors"));
+        let o = std::process::Command::new(&py).arg(&script).args([name, &cfg.num_classes.to_string()]).arg(&wp).arg(&xp).arg(&op).output().unwrap();
+        assert!(o.status.success(), "{name}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let want: HashMap<String, Tensor> = Tensor::read_safetensors(&op).unwrap().into_iter().collect();
+        let out = tch::no_grad(|| m.forward(x, false));
+        let side = x.size()[2];
+        let check = |what: &str, got: &Tensor, want: &Tensor| {
+            assert_eq!(got.size(), want.size(), "{name} at {side}x{side} {what}: shape");
+            let scale = 1.0 + want.abs().max().double_value(&[]);
+            let err = (got - want).abs().max().double_value(&[]);
+            assert!(err <= 1e-4 * scale, "{name} at {side}x{side} {what}: max |Δ| = {err} (scale {scale})");
+        };
+        check("logits", &out.logits, &want["logits"]);
+        assert_eq!(out.logits.size()[1], cfg.num_classes);
+        check("pooled", &out.pooled, &want["pooled"]);
+        assert_eq!(out.feats.len(), want.keys().filter(|k| k.starts_with("feat.")).count(), "{name}: number of feature taps");
+        for (i, f) in out.feats.iter().enumerate() {
+            check(&format!("feat.{i}"), f, &want[&format!("feat.{i}")]);
+        }
+        for (i, f) in out.preact.iter().enumerate() {
+            check(&format!("preact.{i}"), f, &want[&format!("preact.{i}")]);
+        }
+        all.insert(name.to_string(), want);
+    }
+    Some(all)
+}
+
+#[test]
+fn forward_matches_pytorch_reference_definitions() {
     let names = [
         "resnet8",
         "resnet20",
@@ -196,47 +305,22 @@ fn forward_matches_pytorch_reference_definitions() {
         "ResNet50",
     ];
     tch::manual_seed(7);
-    let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let xp = dir.path().join("x.safetensors");
-    Tensor::write_safetensors(&[("x", &x)], &xp).unwrap();
-    for name in names {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let m = (models::find(name).unwrap().build)(&vs.root(), ModelCfg { in_channels: 3, num_classes: 100 });
-        tch::no_grad(|| {
-            for (k, mut v) in vs.variables() {
-                let r = Tensor::rand_like(&v);
-                if k.ends_with("running_var")
-                    || (k.contains("bn") || k.contains("conv.1") || k.contains("conv.4") || k.contains("conv.7")) && k.ends_with("weight") && v.dim() == 1
-                {
-                    v.copy_(&(r * 1.0 + 0.5));
-                } else if k.ends_with("running_mean") || (v.dim() == 1 && k.ends_with("bias")) {
-                    v.copy_(&((r - 0.5) * 0.2));
-                }
-            }
-        });
-        let wp = dir.path().join(format!("{name}.safetensors"));
-        models::checkpoint::save_atomic(&vs, &wp).unwrap();
-        let op = dir.path().join(format!("{name}.out.safetensors"));
-        let o = std::process::Command::new(&py).arg(&script).args([name, "100"]).arg(&wp).arg(&xp).arg(&op).output().unwrap();
-        assert!(o.status.success(), "{name}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        let want: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&op).unwrap().into_iter().collect();
-        let out = tch::no_grad(|| m.forward(&x, false));
-        let check = |what: &str, got: &Tensor, want: &Tensor| {
-            assert_eq!(got.size(), want.size(), "{name} {what}: shape");
-            let scale = 1.0 + want.abs().max().double_value(&[]);
-            let err = (got - want).abs().max().double_value(&[]);
-            assert!(err <= 1e-4 * scale, "{name} {what}: max |Δ| = {err} (scale {scale})");
-        };
-        check("logits", &out.logits, &want["logits"]);
-        check("pooled", &out.pooled, &want["pooled"]);
-        assert_eq!(out.feats.len(), want.keys().filter(|k| k.starts_with("feat.")).count(), "{name}: number of feature taps");
-        for (i, f) in out.feats.iter().enumerate() {
-            check(&format!("feat.{i}"), f, &want[&format!("feat.{i}")]);
-        }
-        for (i, f) in out.preact.iter().enumerate() {
-            check(&format!("preact.{i}"), f, &want[&format!("preact.{i}")]);
-        }
-    }
+    matches_reference(&names, CFG, &Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)));
+}
+
+/// Tiny-ImageNet's 64×64 with 200 classes: mdistiller's teacher (ResNet18) and students
+/// (ShuffleV2, its own MobileNetV2), and other CIFAR students; VGG adds its 64×64-only `pool3`.
+#[test]
+fn forward_at_64x64_matches_pytorch_reference_definitions() {
+    let names = ["ResNet18", "ShuffleV2", "mobilenetv2_tinyimagenet", "MobileNetV2", "resnet8x4", "wrn_16_2", "vgg8", "ShuffleV1"];
+    tch::manual_seed(11);
+    // Scaled so that ReLU6 clamps in mobilenetv2_tinyimagenet (checked below).
+    let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 8.0;
+    let Some(want) = matches_reference(&names, TINY, &x) else { return };
+    let f0 = &want["mobilenetv2_tinyimagenet"]["feat.0"];
+    assert_eq!(f0.size(), vec![2, 32, 66, 66], "the 1x1 stem with padding 1 grows the map");
+    assert_eq!(f0.max().double_value(&[]), 6.0, "ReLU6 never clamped: the test does not tell it from ReLU");
+    assert_eq!(want["vgg8"]["feat.4"].size(), vec![2, 512, 4, 4], "vgg pool3 applies at 64x64");
 }
 
 /// Channels-last weights and inputs compute the same function as NCHW, and checkpoints written
@@ -246,7 +330,7 @@ fn channels_last_matches_nchw_and_saves_nchw() {
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(3);
     let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-    for name in ["resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet18"] {
+    for name in ["resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "mobilenetv2_tinyimagenet", "ShuffleV1", "ShuffleV2", "ResNet18"] {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = (models::find(name).unwrap().build)(&vs.root(), ModelCfg { in_channels: 3, num_classes: 100 });
         let before: std::collections::HashMap<String, Tensor> = vs.variables().into_iter().map(|(k, v)| (k, v.copy())).collect();

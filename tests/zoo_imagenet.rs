@@ -24,7 +24,7 @@ fn parameter_counts_are_the_published_ones() {
     // torchvision's documented counts; mdistiller's MobileNetV1 counted from its definition.
     for (name, n) in [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032), ("mobilenetv1", 4_231_976)] {
         assert_eq!(models::count_params(models::find(name).unwrap(), IMAGENET), n, "{name}");
-        assert_eq!(models::find(name).unwrap().input, Some((3, 224, 224)), "{name}");
+        assert_eq!(models::find(name).unwrap().input, models::Input::Native(3, 224, 224), "{name}");
     }
 }
 

@@ -47,7 +47,7 @@ pub enum Cmd {
     },
     /// Versions, libtorch, CUDA and devices.
     Doctor,
-    /// List the model zoo with parameter counts and input sizes.
+    /// List the model zoo with parameter counts and native input sizes.
     Models,
     /// List distillation methods with their parameters and defaults.
     Methods,
@@ -388,12 +388,12 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Doctor => doctor(),
         Cmd::Models => {
-            println!("{:<12} {:<16} {:>12}  input", "model", "family", "params(100)");
+            println!("{:<24} {:<16} {:>12}  native input", "model", "family", "params(100)");
             for e in models::entries() {
-                let n = models::count_params(e, models::ModelCfg { in_channels: e.input.map(|i| i.0).unwrap_or(3), num_classes: 100 });
-                let input = e.input.map(|(c, h, w)| format!("{c}x{h}x{w}")).unwrap_or_else(|| "any".into());
-                println!("{:<12} {:<16} {:>12}  {input}", e.name, e.family, n);
+                let n = models::count_params(e, models::ModelCfg { in_channels: e.input.shape().map_or(3, |s| s.0), num_classes: 100 });
+                println!("{:<24} {:<16} {:>12}  {}", e.name, e.family, n, e.input);
             }
+            println!("(models pool globally: any HxW runs, channels follow the dataset, unless marked `only`)");
             Ok(0)
         }
         Cmd::Methods => {
@@ -619,7 +619,10 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
         plan.students(),
         plan.points
     );
-    println!("{:<16} {:<7} {:<12} {:<12} {:<6} {:>4}  {:<8} settings", "id", "role", "model", "teacher", "method", "seed", "status");
+    // Columns as wide as the longest name (`mobilenetv2_tinyimagenet`), at least 12.
+    let mw = plan.runs.iter().map(|r| r.spec.model.len()).max().unwrap_or(0).max(12);
+    let tw = plan.runs.iter().map(|r| r.spec.teacher_models().len()).max().unwrap_or(0).max(12);
+    println!("{:<16} {:<7} {:<mw$} {:<tw$} {:<6} {:>4}  {:<8} settings", "id", "role", "model", "teacher", "method", "seed", "status");
     for r in &plan.runs {
         let s = &r.spec;
         let status = if crate::store::RunDir::new(&a.results, &plan.suite, &s.id).is_finished() { "done" } else { "pending" };
@@ -635,7 +638,7 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
             params.push(format!("peers={}", s.peers.join("+")));
         }
         println!(
-            "{:<16} {:<7} {:<12} {:<12} {:<6} {:>4}  {:<8} epochs={} bs={} lr={} {}",
+            "{:<16} {:<7} {:<mw$} {:<tw$} {:<6} {:>4}  {:<8} epochs={} bs={} lr={} {}",
             s.id,
             role,
             s.model,

@@ -4,6 +4,9 @@ so their state dicts load, and the same feature taps: `forward(x)` returns
 (logits, feats, preact, pooled) with feats = [stem, stage outputs...] as RepDistiller's
 `is_feat=True` list without its last (pooled) entry, preact = the same with `preact=True`).
 
+Pooling is global average pooling everywhere: RepDistiller's fixed windows (AvgPool 8, 4, 2) cover
+the whole final map at 32×32, so it is the same there, and 64×64 inputs (Tiny-ImageNet) run too.
+
 Needs only torch (no torchvision).
 """
 import torch
@@ -71,7 +74,7 @@ class ResNetCifar(nn.Module):
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x, feats, preact = run_stages(x, (self.layer1, self.layer2, self.layer3))
-        pooled = F.avg_pool2d(x, 8).flatten(1)
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(pooled), feats, preact, pooled
 
 
@@ -119,7 +122,7 @@ class WRN(nn.Module):
         f1 = self.block1(f0)
         f2 = self.block2(f1)
         f3 = self.block3(f2)
-        pooled = F.avg_pool2d(F.relu(self.bn1(f3)), 8).flatten(1)
+        pooled = F.adaptive_avg_pool2d(F.relu(self.bn1(f3)), 1).flatten(1)
         # RepDistiller's preact taps: each stage sum through the BN that follows it.
         preact = [f0, self.block2.layer[0].bn1(f1), self.block3.layer[0].bn1(f2), self.bn1(f3)]
         return self.fc(pooled), [f0, f1, f2, f3], preact, pooled
@@ -211,8 +214,56 @@ class MobileNetV2(nn.Module):
                 out = self.blocks[b](out)
             feats.append(out)
         out = self.conv2(out)
-        pooled = F.avg_pool2d(out, 2, ceil_mode=True).flatten(1)
+        pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.classifier(pooled), feats, list(feats), pooled
+
+
+# --- mobilenetv2_tinyimagenet (mdistiller models/cifar/mv2_tinyimagenet.py) -------------------
+# Full width, ReLU6, biased convs; stem 1x1 with padding 1; strides only in stages 2-4; the
+# classifier is a 1x1 conv on the pooled 1x1 map. Taps: pre, stage2, stage3, stage4, conv1.
+
+class TinyBottleneck(nn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        h = cin * t
+        self.keep = stride == 1 and cin == cout
+        self.residual = nn.Sequential(
+            nn.Conv2d(cin, h, 1), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, h, 3, stride, 1, groups=h), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, cout, 1), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        y = self.residual(x)
+        return y + x if self.keep else y
+
+
+class MobileNetV2Tiny(nn.Module):
+    # (t, out, blocks, first stride) of stage1..stage7; one-block stages are bare blocks
+    STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 1), (6, 320, 1, 1)]
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.pre = nn.Sequential(nn.Conv2d(3, 32, 1, padding=1), nn.BatchNorm2d(32), nn.ReLU6())
+        cin = 32
+        for s, (t, out, n, stride) in enumerate(self.STAGES):
+            blocks = [TinyBottleneck(cin if i == 0 else out, out, stride if i == 0 else 1, t) for i in range(n)]
+            cin = out
+            setattr(self, f"stage{s + 1}", blocks[0] if n == 1 else nn.Sequential(*blocks))
+        self.conv1 = nn.Sequential(nn.Conv2d(320, 1280, 1), nn.BatchNorm2d(1280), nn.ReLU6())
+        self.conv2 = nn.Conv2d(1280, num_classes, 1)
+
+    def forward(self, x):
+        x = self.pre(x)
+        feats = [x]
+        for s in range(1, 8):
+            x = getattr(self, f"stage{s}")(x)
+            if s in (2, 3, 4):
+                feats.append(x)
+        x = self.conv1(x)
+        feats.append(x)
+        pooled = F.adaptive_avg_pool2d(x, 1)
+        return self.conv2(pooled).flatten(1), feats, list(feats), pooled.flatten(1)
 
 
 # --- ShuffleV1 / ShuffleV2 (RepDistiller models/ShuffleNetv1.py, ShuffleNetv2.py) ----------------
@@ -263,7 +314,7 @@ class ShuffleV1(nn.Module):
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x, feats, preact = run_stages(x, (self.layer1, self.layer2, self.layer3))
-        pooled = F.avg_pool2d(x, 4).flatten(1)
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.linear(pooled), feats, preact, pooled
 
 
@@ -327,7 +378,7 @@ class ShuffleV2(nn.Module):
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x, feats, preact = run_stages(x, (self.layer1, self.layer2, self.layer3))
-        pooled = F.avg_pool2d(F.relu(self.bn2(self.conv2(x))), 4).flatten(1)
+        pooled = F.adaptive_avg_pool2d(F.relu(self.bn2(self.conv2(x))), 1).flatten(1)
         return self.linear(pooled), feats, preact, pooled
 
 
@@ -410,6 +461,8 @@ def build(name, num_classes=100):
         return VGG(name, num_classes)
     if name == "MobileNetV2":
         return MobileNetV2(num_classes)
+    if name == "mobilenetv2_tinyimagenet":
+        return MobileNetV2Tiny(num_classes)
     if name == "ShuffleV1":
         return ShuffleV1(num_classes)
     if name == "ShuffleV2":

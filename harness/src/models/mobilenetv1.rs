@@ -10,10 +10,10 @@
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv_init};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv_init};
 
 pub static ENTRIES: &[ModelEntry] =
-    &[ModelEntry { name: "mobilenetv1", family: "mobilenetv1", input: Some((3, 224, 224)), build: |p, c| Box::new(MobileNetV1::new(p, c)) }];
+    &[ModelEntry { name: "mobilenetv1", family: "mobilenetv1", input: Input::Native(3, 224, 224), build: |p, c| Box::new(MobileNetV1::new(p, c)) }];
 
 /// (output channels, stride) of the 13 depthwise-separable blocks.
 const BLOCKS: [(i64, i64); 13] =

@@ -1,14 +1,16 @@
 //! `MobileNetV2` of RepDistiller (`models/mobilenetv2.py`, `mobile_half`: expansion T = 6,
 //! width 0.5): stride-2 3×3 stem `conv1.0/1`, inverted-residual `blocks.{b}.{i}.conv.{0,1,3,4,6,7}`
 //! (the 1×1 expansion exists even for t = 1), 1×1 `conv2` to 1280 channels (not width-scaled),
-//! AvgPool2d(2, ceil_mode) on 32×32 inputs, classifier `classifier.0`.
+//! global average pooling (the reference's AvgPool2d(2, ceil_mode) on the 2×2 map of a 32×32
+//! input), classifier `classifier.0`. mdistiller's Tiny-ImageNet `MobileNetV2` is a different
+//! network: [`super::mobilenetv2_tiny`].
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv_init};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv_init, global_pool};
 
 pub static ENTRIES: &[ModelEntry] =
-    &[ModelEntry { name: "MobileNetV2", family: "mobilenetv2", input: Some((3, 32, 32)), build: |p, c| Box::new(MobileNetV2::new(p, c, 6, 0.5)) }];
+    &[ModelEntry { name: "MobileNetV2", family: "mobilenetv2", input: Input::Native(3, 32, 32), build: |p, c| Box::new(MobileNetV2::new(p, c, 6, 0.5)) }];
 
 fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn::Conv2D {
     nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding: (k - 1) / 2, groups, bias: false, ws_init: conv_init(), ..Default::default() })
@@ -88,7 +90,7 @@ impl Model for MobileNetV2 {
             }
         }
         let out = self.conv2.0.forward(&h).apply_t(&self.conv2.1, train).relu();
-        let pooled = out.avg_pool2d([2, 2], [2, 2], [0, 0], true, true, None::<i64>).flatten(1, -1);
+        let pooled = global_pool(&out);
         let logits = self.classifier.forward(&pooled);
         Output { logits, preact: feats.iter().map(Tensor::shallow_clone).collect(), feats, pooled }
     }

@@ -3,11 +3,14 @@
 //! RepDistiller/mdistiller PyTorch definitions so their state dicts load without renaming.
 //!
 //! Adding a model: a file with `pub static ENTRIES: &[ModelEntry]` (or one more entry in an
-//! existing family), plus one line in [`FAMILIES`].
+//! existing family), plus one line in [`FAMILIES`]. Pool globally where the reference pools with
+//! a window covering the whole final map, and declare the size as [`Input::Native`]; only a model
+//! that cannot run at other sizes is [`Input::Fixed`], which the suite check enforces.
 
 pub mod checkpoint;
 pub mod mobilenetv1;
 pub mod mobilenetv2;
+pub mod mobilenetv2_tiny;
 pub mod resnet_cifar;
 pub mod resnet_imagenet;
 pub mod resnet_v2;
@@ -52,12 +55,53 @@ pub struct ModelCfg {
     pub num_classes: i64,
 }
 
+/// The input a model is built for: what `harness models` lists and what the suite check reads.
+/// Channels never constrain a model: its first layer is built for the dataset's ([`ModelCfg`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// No native size (the small digits models).
+    Any,
+    /// Designed for (C, H, W) but pooled globally, so other sizes run too (a CIFAR net on
+    /// Tiny-ImageNet's 64×64, as mdistiller's Tiny-ImageNet setups do).
+    Native(i64, i64, i64),
+    /// Only this H×W runs: a fixed pooling window or a flatten ties the classifier to one map size.
+    Fixed(i64, i64, i64),
+}
+
+impl Input {
+    /// The (C, H, W) the model was designed for, if any.
+    pub fn shape(self) -> Option<(i64, i64, i64)> {
+        match self {
+            Input::Any => None,
+            Input::Native(c, h, w) | Input::Fixed(c, h, w) => Some((c, h, w)),
+        }
+    }
+
+    /// Whether inputs of `shape` (C, H, W) run through the model.
+    pub fn accepts(self, shape: (i64, i64, i64)) -> bool {
+        match self {
+            Input::Fixed(_, h, w) => (h, w) == (shape.1, shape.2),
+            Input::Any | Input::Native(..) => true,
+        }
+    }
+}
+
+/// `3x32x32` (native size), `3x32x32 only` (fixed) or `any`.
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Input::Any => write!(f, "any"),
+            Input::Native(c, h, w) => write!(f, "{c}x{h}x{w}"),
+            Input::Fixed(c, h, w) => write!(f, "{c}x{h}x{w} only"),
+        }
+    }
+}
+
 /// Registry entry.
 pub struct ModelEntry {
     pub name: &'static str,
     pub family: &'static str,
-    /// Required input (C, H, W), or `None` when any size works (global pooling).
-    pub input: Option<(i64, i64, i64)>,
+    pub input: Input,
     pub build: fn(&nn::Path, ModelCfg) -> Box<dyn Model>,
 }
 
@@ -69,6 +113,7 @@ pub static FAMILIES: &[&[ModelEntry]] = &[
     vgg::ENTRIES,
     resnet_v2::ENTRIES,
     mobilenetv2::ENTRIES,
+    mobilenetv2_tiny::ENTRIES,
     shufflenet::ENTRIES,
     resnet_imagenet::ENTRIES,
     mobilenetv1::ENTRIES,
@@ -157,6 +202,12 @@ pub fn feature_shapes(entry: &ModelEntry, cfg: ModelCfg, hw: (i64, i64)) -> Vec<
     let x = Tensor::zeros([1, cfg.in_channels, hw.0, hw.1], (Kind::Float, Device::Cpu));
     let out = tch::no_grad(|| m.forward(&x, false));
     out.feats.iter().map(|f| f.size()[1..].to_vec()).collect()
+}
+
+/// Global average pooling to an N×C vector: where a model's reference pools with a fixed window
+/// that covers the whole map at its native size, this is the same there and also runs at others.
+pub fn global_pool(h: &Tensor) -> Tensor {
+    h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
 }
 
 /// Runs residual stages after a stem: each block returns (output, pre-activation); collects the

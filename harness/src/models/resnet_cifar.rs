@@ -1,14 +1,14 @@
 //! CIFAR ResNets of RepDistiller/mdistiller (`models/resnet.py`): BasicBlock, n = (depth−2)/6
 //! blocks per stage, 1×1-conv ("option B") shortcuts where stride or width changes,
-//! AvgPool(8), classifier `fc`. Widths [16,16,32,64], or [32,64,128,256] for the x4 nets.
+//! global average pooling, classifier `fc`. Widths [16,16,32,64], or [32,64,128,256] for the x4 nets.
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv, global_pool};
 
 const W1: [i64; 4] = [16, 16, 32, 64];
 const W4: [i64; 4] = [32, 64, 128, 256];
-const CIFAR: Option<(i64, i64, i64)> = Some((3, 32, 32));
+const CIFAR: Input = Input::Native(3, 32, 32);
 
 pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "resnet8", family: "resnet_cifar", input: CIFAR, build: |p, c| Box::new(ResNet::new(p, c, 8, W1)) },
@@ -89,7 +89,8 @@ impl ResNet {
 impl Model for ResNet {
     fn forward(&self, x: &Tensor, train: bool) -> Output {
         let (h, feats, preact) = super::run_stages(self.conv1.forward(x).apply_t(&self.bn1, train).relu(), &self.layers, |b, h| b.forward(h, train));
-        let pooled = h.avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1);
+        // Global: the reference's AvgPool(8) covers the 8×8 map of a 32×32 input exactly.
+        let pooled = global_pool(&h);
         let logits = self.fc.forward(&pooled);
         Output { logits, feats, preact, pooled }
     }
@@ -101,6 +102,6 @@ impl Model for ResNet {
     fn forward_tail(&self, f: &Tensor, stage: usize, train: bool) -> Option<Tensor> {
         let rest = self.layers.get(stage..)?;
         let (h, _, _) = super::run_stages(f.shallow_clone(), rest, |b, h| b.forward(h, train));
-        Some(self.fc.forward(&h.avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1)))
+        Some(self.fc.forward(&global_pool(&h)))
     }
 }

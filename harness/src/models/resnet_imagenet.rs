@@ -12,9 +12,9 @@
 use tch::{Tensor, nn, nn::Module};
 
 use super::resnet_v2::{self, Block};
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv};
 
-const IMAGENET: Option<(i64, i64, i64)> = Some((3, 224, 224));
+const IMAGENET: Input = Input::Native(3, 224, 224);
 
 pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "resnet18", family: "resnet_imagenet", input: IMAGENET, build: |p, c| Box::new(ResNet::new(p, c, false, [2, 2, 2, 2])) },

@@ -4,9 +4,9 @@
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv};
 
-const CIFAR: Option<(i64, i64, i64)> = Some((3, 32, 32));
+const CIFAR: Input = Input::Native(3, 32, 32);
 
 pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "ResNet18", family: "resnet_v2", input: CIFAR, build: |p, c| Box::new(ResNet::new(p, c, false, [2, 2, 2, 2])) },

@@ -3,13 +3,15 @@
 //! grouped 1×1 → channel shuffle → depthwise 3×3 → grouped 1×1 (the first unit's first conv has
 //! groups 1); stride-2 units concatenate an avg_pool(3, 2, 1) shortcut. `ShuffleV2` (net size 1:
 //! 116/232/464/1024, blocks 3/7/3): 3×3 stem, per stage a DownBlock then split/shuffle BasicBlocks,
-//! 1×1 `conv2`/`bn2`; classifiers `linear`. Stage features are the block outputs.
+//! 1×1 `conv2`/`bn2`; classifiers `linear`. Stage features are the block outputs. The reference's
+//! AvgPool(4) covers the 4×4 final map of a 32×32 input; global pooling here, so 64×64 runs too
+//! (the reference's would flatten 2×2 maps into a classifier of the wrong width).
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv_init};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv_init, global_pool};
 
-const CIFAR: Option<(i64, i64, i64)> = Some((3, 32, 32));
+const CIFAR: Input = Input::Native(3, 32, 32);
 
 pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "ShuffleV1", family: "shufflenet", input: CIFAR, build: |p, c| Box::new(V1::new(p, c, [240, 480, 960], [4, 8, 4], 3)) },
@@ -91,7 +93,7 @@ impl V1 {
 impl Model for V1 {
     fn forward(&self, x: &Tensor, train: bool) -> Output {
         let (h, feats, preact) = super::run_stages(self.conv1.forward(x).apply_t(&self.bn1, train).relu(), &self.layers, |b, h| b.forward(h, train));
-        let pooled = h.avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None::<i64>).flatten(1, -1);
+        let pooled = global_pool(&h);
         let logits = self.linear.forward(&pooled);
         Output { logits, feats, preact, pooled }
     }
@@ -192,7 +194,7 @@ impl Model for V2 {
     fn forward(&self, x: &Tensor, train: bool) -> Output {
         let (h, feats, preact) = super::run_stages(self.conv1.forward(x).apply_t(&self.bn1, train).relu(), &self.layers, |b, h| b.forward(h, train));
         let out = self.conv2.forward(&h).apply_t(&self.bn2, train).relu();
-        let pooled = out.avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None::<i64>).flatten(1, -1);
+        let pooled = global_pool(&out);
         let logits = self.linear.forward(&pooled);
         Output { logits, feats, preact, pooled }
     }

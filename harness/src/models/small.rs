@@ -3,12 +3,12 @@
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv};
 
 pub static ENTRIES: &[ModelEntry] = &[
-    ModelEntry { name: "mlp", family: "small", input: None, build: |p, c| Box::new(Mlp::new(p, c)) },
-    ModelEntry { name: "cnn_small", family: "small", input: None, build: |p, c| Box::new(Cnn::new(p, c, &[32, 64, 128])) },
-    ModelEntry { name: "cnn_tiny", family: "small", input: None, build: |p, c| Box::new(Cnn::new(p, c, &[16, 32])) },
+    ModelEntry { name: "mlp", family: "small", input: Input::Any, build: |p, c| Box::new(Mlp::new(p, c)) },
+    ModelEntry { name: "cnn_small", family: "small", input: Input::Any, build: |p, c| Box::new(Cnn::new(p, c, &[32, 64, 128])) },
+    ModelEntry { name: "cnn_tiny", family: "small", input: Input::Any, build: |p, c| Box::new(Cnn::new(p, c, &[16, 32])) },
 ];
 
 /// A `cnn_*` with the given conv widths (one per conv, stem first): the student plan of

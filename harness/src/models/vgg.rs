@@ -5,9 +5,9 @@
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv_init};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv_init};
 
-const CIFAR: Option<(i64, i64, i64)> = Some((3, 32, 32));
+const CIFAR: Input = Input::Native(3, 32, 32);
 const S: &[&[i64]] = &[&[64], &[128], &[256], &[512], &[512]];
 const A: &[&[i64]] = &[&[64], &[128], &[256, 256], &[512, 512], &[512, 512]];
 const B: &[&[i64]] = &[&[64, 64], &[128, 128], &[256, 256], &[512, 512], &[512, 512]];

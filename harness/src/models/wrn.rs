@@ -7,9 +7,9 @@
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Model, ModelCfg, ModelEntry, Output, bn, conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv, global_pool};
 
-const CIFAR: Option<(i64, i64, i64)> = Some((3, 32, 32));
+const CIFAR: Input = Input::Native(3, 32, 32);
 
 pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "wrn_16_1", family: "wrn", input: CIFAR, build: |p, c| Box::new(Wrn::new(p, c, 16, 1)) },
@@ -76,10 +76,11 @@ impl Wrn {
         }
     }
 
-    /// Final BN (pre-activation tap), then ReLU, 8×8 average pooling and flattening.
+    /// Final BN (pre-activation tap), then ReLU and global average pooling (the reference's 8×8
+    /// window is the whole map at 32×32).
     fn pool(&self, h: &Tensor, train: bool) -> (Tensor, Tensor) {
         let n = h.apply_t(&self.bn1, train);
-        let pooled = n.relu().avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>).flatten(1, -1);
+        let pooled = global_pool(&n.relu());
         (n, pooled)
     }
 }

@@ -1173,20 +1173,13 @@ fn check_model(src: &Source, path: &[Seg], name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A model runs on a dataset unless it is [`models::Input::Fixed`] to another H×W; channels
+/// always come from the dataset.
 fn check_model_for(src: &Source, path: &[Seg], name: &str, info: &data::DatasetInfo) -> anyhow::Result<()> {
     check_model(src, path, name)?;
-    if let Some(m) = models::find(name) {
-        if let Some(need) = m.input {
-            if need != info.shape {
-                return Err(input(src.error(
-                    path,
-                    format!(
-                        "model `{name}` needs {}x{}x{} inputs but dataset `{}` has {}x{}x{}",
-                        need.0, need.1, need.2, info.name, info.shape.0, info.shape.1, info.shape.2
-                    ),
-                )));
-            }
-        }
+    if let Some(m) = models::find(name).filter(|m| !m.input.accepts(info.shape)) {
+        let (c, h, w) = info.shape;
+        return Err(input(src.error(path, format!("model `{name}` needs {} inputs but dataset `{}` has {c}x{h}x{w}", m.input, info.name))));
     }
     Ok(())
 }
