@@ -289,16 +289,27 @@ fn tiny_imagenet_tree(root: &Path) {
     std::fs::write(t.join("wnids.txt"), ids.join("\n") + "\n").unwrap();
 }
 
+/// One-class ImageFolder train/val trees (the streamed ImageNet reader lists, never decodes, to plan).
+fn imagenet_tree(root: &Path) {
+    let jpeg = harness::data::jpeg::encode(&image::RgbImage::new(80, 60), 90).unwrap();
+    for split in ["train", "val"] {
+        let d = root.join(format!("imagenet/{split}/n01440764"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a.JPEG"), &jpeg).unwrap();
+    }
+}
+
 #[test]
 fn shipped_suites_validate_and_plan() {
-    // The CIFAR and Tiny-ImageNet suites need the real data to train; planning needs only files
-    // in their layouts.
+    // The CIFAR, Tiny-ImageNet and ImageNet suites need the real data to train; planning needs
+    // only files in their layouts.
     let dir = tempfile::tempdir().unwrap();
     let o = harness(&["data", "synth", "--out", "synth", "--classes", "100", "--train", "200", "--test", "100"], dir.path());
     assert!(o.status.success(), "{}", text(&o));
     tiny_imagenet_tree(&dir.path().join("synth"));
+    imagenet_tree(&dir.path().join("synth"));
     let suites = Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites");
-    let (mut seen, mut tiny) = (0, false);
+    let (mut seen, mut tiny, mut imagenet) = (0, false, false);
     for e in std::fs::read_dir(&suites).unwrap() {
         let p = e.unwrap().path();
         if p.extension().and_then(|x| x.to_str()) != Some("toml") {
@@ -320,8 +331,13 @@ fn shipped_suites_validate_and_plan() {
             assert!(text(&o).contains("13 runs = 1 teachers + 12 students") && text(&o).contains("mobilenetv2_tinyimagenet"), "{}", text(&o));
             tiny = true;
         }
+        if p.file_name().unwrap() == "imagenet.toml" {
+            // 2 teachers, 2 ce students, 2 pairs x {kd, dkd}.
+            assert!(text(&o).contains("8 runs = 2 teachers + 6 students"), "{}", text(&o));
+            imagenet = true;
+        }
     }
-    assert!(seen >= 9 && tiny);
+    assert!(seen >= 9 && tiny && imagenet);
 }
 
 /// suites/takd_paper.toml reproduces the TAKD code's loss, λ·T²·nn.KLDivLoss()(…) (element mean

@@ -353,3 +353,19 @@ fn channels_last_matches_nchw_and_saves_nchw() {
         }
     }
 }
+
+/// Zipf LS's dense votes apply the classifier to every location of the last tap: fine where that
+/// map feeds the classifier, a clear error (not a shape panic) where a 1×1 conv sits in between.
+#[test]
+fn dense_votes_need_the_map_that_feeds_the_classifier() {
+    let x = tch::Tensor::randn([2, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    for (name, ok) in [("resnet8", true), ("ShuffleV2", false), ("MobileNetV2", false)] {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let m = (harness::models::find(name).unwrap().build)(&vs.root(), harness::models::ModelCfg { in_channels: 3, num_classes: 10 });
+        let out = tch::no_grad(|| m.forward(&x, false));
+        match harness::train::dense_argmax(m.as_ref(), &out, 2) {
+            Ok(v) => assert!(ok && v.size()[0] == 2, "{name}: {:?}", v.size()),
+            Err(e) => assert!(!ok && format!("{e:#}").contains("rank = \"logits\""), "{name}: {e:#}"),
+        }
+    }
+}

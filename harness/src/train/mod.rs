@@ -153,6 +153,15 @@ pub fn dense_argmax(model: &dyn Model, out: &crate::models::Output, up: i64) -> 
     let Some(f) = out.feats.last().filter(|f| f.dim() == 4) else {
         anyhow::bail!("dense votes need a model whose last feature is a spatial map (N×C×H×W); use zipf_ls rank = \"logits\"");
     };
+    // The classifier must read that map's channels (ShuffleNet and MobileNetV2 add a 1×1 conv
+    // between their last stage and the pooling, so their last tap does not feed the head).
+    let (c, d) = (f.size()[1], out.pooled.size().last().copied().unwrap_or(-1));
+    if c != d {
+        anyhow::bail!(
+            "dense votes apply the classifier to every location of the last feature map, but its {c} channels do not feed \
+             the classifier ({d} inputs) in this model; use zipf_ls rank = \"logits\""
+        );
+    }
     Ok(tch::no_grad(|| {
         let s = f.size();
         let f = if up > 1 { f.detach().upsample_bilinear2d([s[2] * up, s[3] * up], false, None, None) } else { f.detach() };
