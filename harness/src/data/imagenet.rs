@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use image::RgbImage;
-use image::imageops::{self, FilterType};
+use image::imageops::FilterType;
+use image::{DynamicImage, RgbImage};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -136,24 +136,24 @@ pub fn rrc_params(w: u32, h: u32, rng: &mut impl Rng) -> (u32, u32, u32, u32) {
 }
 
 /// Training view: random resized crop to `CROP`×`CROP`, then a horizontal flip with p = 0.5.
+/// Crop, resize and flip go through `DynamicImage`'s methods, which are compiled (optimised)
+/// inside the `image` crate; its generic `imageops` would be instantiated, unoptimised in dev
+/// builds, in this crate.
 pub fn train_view(img: &RgbImage, rng: &mut impl Rng) -> RgbImage {
     let (top, left, ch, cw) = rrc_params(img.width(), img.height(), rng);
-    let crop = imageops::crop_imm(img, left, top, cw, ch).to_image();
-    let mut out = imageops::resize(&crop, CROP, CROP, FilterType::Triangle);
-    if rng.gen_bool(0.5) {
-        imageops::flip_horizontal_in_place(&mut out);
-    }
-    out
+    let crop = DynamicImage::ImageRgb8(img.clone()).crop_imm(left, top, cw, ch);
+    let out = crop.resize_exact(CROP, CROP, FilterType::Triangle);
+    if rng.gen_bool(0.5) { out.fliph().into_rgb8() } else { out.into_rgb8() }
 }
 
 /// Evaluation view: shorter side to `RESIZE` (torchvision truncates the longer side), centre `CROP`.
 pub fn eval_view(img: &RgbImage) -> RgbImage {
     let (w, h) = img.dimensions();
     let (nw, nh) = if w <= h { (RESIZE, ((RESIZE as u64 * h as u64) / w as u64) as u32) } else { (((RESIZE as u64 * w as u64) / h as u64) as u32, RESIZE) };
-    let r = imageops::resize(img, nw, nh, FilterType::Triangle);
+    let r = DynamicImage::ImageRgb8(img.clone()).resize_exact(nw, nh, FilterType::Triangle);
     let top = ((nh - CROP) as f64 / 2.0).round_ties_even() as u32;
     let left = ((nw - CROP) as f64 / 2.0).round_ties_even() as u32;
-    imageops::crop_imm(&r, left, top, CROP, CROP).to_image()
+    r.crop_imm(left, top, CROP, CROP).into_rgb8()
 }
 
 /// Train (augmented) or evaluation (deterministic) batches.

@@ -12,7 +12,7 @@ use crate::error::InputError;
 pub fn decode(bytes: &[u8], path: &Path) -> anyhow::Result<RgbImage> {
     let img =
         image::load_from_memory_with_format(bytes, ImageFormat::Jpeg).map_err(|e| InputError::new(format!("{}: not a decodable JPEG: {e}", path.display())))?;
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
 }
 
 /// Reads and decodes one JPEG file.
