@@ -421,6 +421,10 @@ fn imagenet_eval_streams_the_val_split_through_the_model() {
 fn imagenet_dataset_streams_through_the_common_batch_interface() {
     let dir = tempfile::tempdir().unwrap();
     imagenet_tree(dir.path());
+    // ImageNet's train split has a PNG named .JPEG (n02105855_2933); PIL reads it by content, so do we.
+    let png = dir.path().join("imagenet/train/n03/img3.JPEG");
+    flat(500, 375, 2, 3).save_with_format(&png, image::ImageFormat::Png).unwrap();
+    assert_eq!(image::guess_format(&std::fs::read(&png).unwrap()).unwrap(), image::ImageFormat::Png);
     let d = data::Dataset::load("imagenet", dir.path(), tch::Device::Cpu).unwrap();
     assert!(d.is_streamed() && d.resident_train_x().is_none());
     assert_eq!((d.train_len(), d.test_len()), (12, 6));

@@ -8,10 +8,15 @@ use image::{ImageFormat, RgbImage};
 
 use crate::error::InputError;
 
-/// Decodes JPEG `bytes` read from `path` into an RGB image.
+/// Decodes JPEG `bytes` read from `path` into an RGB image. The format comes from the content,
+/// as PIL (torchvision's loader) does: ImageNet's train split holds a PNG named `.JPEG`
+/// (n02105855_2933), which must not end an epoch.
 pub fn decode(bytes: &[u8], path: &Path) -> anyhow::Result<RgbImage> {
-    let img =
-        image::load_from_memory_with_format(bytes, ImageFormat::Jpeg).map_err(|e| InputError::new(format!("{}: not a decodable JPEG: {e}", path.display())))?;
+    let format = match image::guess_format(bytes) {
+        Ok(ImageFormat::Png) => ImageFormat::Png,
+        _ => ImageFormat::Jpeg,
+    };
+    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| InputError::new(format!("{}: not a decodable JPEG: {e}", path.display())))?;
     Ok(img.into_rgb8())
 }
 
