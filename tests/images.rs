@@ -533,3 +533,29 @@ fn an_imagenet_suite_trains_streamed_and_reproducibly() {
     let kd = kd.expect("kd run");
     assert!(kd["teacher_top1"].as_f64().is_some() && kd["agreement"].as_f64().is_some(), "{kd}");
 }
+
+/// PrUE's two label-sorted passes stream like training batches: masks at exactly k = int(s·n)
+/// over the conv weights, reproducible under the same seed.
+#[test]
+fn prue_scores_a_streamed_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    imagenet_tree(dir.path());
+    let d = data::Dataset::load("imagenet", dir.path(), tch::Device::Cpu).unwrap();
+    let order = harness::train::prune::label_order(&d);
+    assert_eq!(order, (0..12).collect::<Vec<i64>>(), "the tree lists classes in sorted order already");
+    let masks = |seed: i64| {
+        tch::manual_seed(0);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let m = (harness::models::find("cnn_tiny").unwrap().build)(&vs.root(), harness::models::ModelCfg { in_channels: 3, num_classes: 1000 });
+        tch::manual_seed(seed);
+        harness::train::prune::prue_model(&vs, m.as_ref(), &d, 0.5, 5, true).unwrap()
+    };
+    let (a, thr) = masks(1);
+    assert!(thr.is_some());
+    let n: i64 = a.values().map(|m| m.numel() as i64).sum();
+    let kept: i64 = a.values().map(|m| m.sum(tch::Kind::Float).double_value(&[]) as i64).sum();
+    assert_eq!(a.len(), 2, "cnn_tiny's two convs");
+    assert!(n - kept >= n / 2, "at least k = int(0.5·{n}) pruned, {} pruned", n - kept);
+    let (b, _) = masks(1);
+    assert!(a.iter().all(|(k, m)| m.equal(&b[k])), "same seed, same masks");
+}

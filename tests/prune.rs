@@ -70,7 +70,8 @@ fn prue_masks_match_the_spec() {
     let ys = Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2]);
     let batches: Vec<(Tensor, Tensor)> = (0..3).map(|i| (xs.narrow(0, 2 * i, 2), ys.narrow(0, 2 * i, 2))).collect();
     let (a, b) = (w1.shallow_clone(), w2.shallow_clone());
-    let scores = prune::prue_scores(&[w1.shallow_clone(), w2.shallow_clone()], &batches, 3, &|x| tiny_convnet(x, &a, &b));
+    let pass = || -> harness::data::Batches<'_, (Tensor, Tensor)> { Box::new(batches.iter().map(|(x, y)| Ok((x.shallow_clone(), y.shallow_clone())))) };
+    let scores = prune::prue_scores(&[w1.shallow_clone(), w2.shallow_clone()], &pass, 3, &|x| tiny_convnet(x, &a, &b)).unwrap();
     let (masks, thr) = prune::prue_masks(&scores, 0.5);
     let thr = thr.unwrap();
     assert!((thr - 0.00042259182892642684).abs() <= 1e-12, "threshold {thr}");

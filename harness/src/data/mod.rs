@@ -401,20 +401,27 @@ impl Dataset {
         let labels: Vec<i64> = Vec::try_from(&self.train_y.to_device(Device::Cpu)).unwrap_or_default();
         let order = grouped_order(&labels, m);
         let group = m as i64 + 1;
-        let per = (batch_size / group).max(1) * group;
+        self.batches_in_order(order, (batch_size / group).max(1) * group, augment)
+    }
+
+    /// Training batches over `order` (dataset indices, repeats allowed) in that order, `batch_size`
+    /// at a time, augmented if asked: the samplers above and PrUE's label-sorted pass use it.
+    /// Streamed data draws its augmentation seed from the global generator.
+    pub fn batches_in_order(&self, order: Vec<i64>, batch_size: i64, augment: bool) -> Batches<'_, TrainBatch> {
+        let batch_size = batch_size.max(1);
         match &self.images {
             Images::Resident { train, .. } => {
                 let idx_all = Tensor::from_slice(&order).to_device(self.train_y.device());
                 let total = order.len() as i64;
-                let nb = (total + per - 1) / per;
+                let nb = (total + batch_size - 1) / batch_size;
                 Box::new((0..nb).map(move |i| {
-                    let start = i * per;
-                    Ok(self.gather(train, &idx_all.narrow(0, start, per.min(total - start)), augment))
+                    let start = i * batch_size;
+                    Ok(self.gather(train, &idx_all.narrow(0, start, batch_size.min(total - start)), augment))
                 }))
             }
             Images::Streamed { train, .. } => {
                 let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
-                self.stream(train, order.iter().map(|&i| i as usize).collect(), per, augment, seed)
+                self.stream(train, order.iter().map(|&i| i as usize).collect(), batch_size, augment, seed)
             }
         }
     }

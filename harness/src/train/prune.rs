@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::Context;
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::data::Dataset;
+use crate::data::{Batches, Dataset};
 use crate::models::Model;
 
 /// Masks by variable name (0 = pruned, 1 = kept), float32 on the weights' device.
@@ -97,22 +97,27 @@ pub fn rounds_for(target: f64, rate: f64) -> u32 {
 
 /// PrUE scores |∂S/∂m| = |w ⊙ ∂S/∂w| of S = Σ_i |p̄_{y_i} − p(x_i)[y_i]|, the within-class spread
 /// of the true-class confidence (§6). `forward` maps an input batch to logits using `weights`
-/// (leaves that require grad); `batches` go over the data sorted by label; gradients accumulate
-/// over the whole pass as in the official code (no zeroing between batches).
-pub fn prue_scores(weights: &[Tensor], batches: &[(Tensor, Tensor)], num_classes: i64, forward: &dyn Fn(&Tensor) -> Tensor) -> Vec<Tensor> {
+/// (leaves that require grad); `batches` starts a pass over the data sorted by label (called
+/// once per pass, so each pass draws its own augmentation, as the official code's two loops
+/// over its loader do, and nothing is held in memory); gradients accumulate over the whole pass
+/// as in the official code (no zeroing between batches).
+pub fn prue_scores<'a>(
+    weights: &[Tensor],
+    batches: &dyn Fn() -> Batches<'a, (Tensor, Tensor)>,
+    num_classes: i64,
+    forward: &dyn Fn(&Tensor) -> Tensor,
+) -> anyhow::Result<Vec<Tensor>> {
     let dev = weights.first().map(Tensor::device).unwrap_or(Device::Cpu);
     let kind = weights.first().map(Tensor::kind).unwrap_or(Kind::Float);
     // Pass 1: p̄_c, the mean true-class probability of class c.
-    let (sums, cnts) = tch::no_grad(|| {
-        let mut sums = Tensor::zeros([num_classes], (kind, dev));
-        let mut cnts = Tensor::zeros([num_classes], (kind, dev));
-        for (x, y) in batches {
-            let py = forward(x).softmax(1, kind).gather(1, &y.unsqueeze(1), false).squeeze_dim(1);
-            sums = sums.index_add(0, y, &py);
-            cnts = cnts.index_add(0, y, &py.ones_like());
-        }
-        (sums, cnts)
-    });
+    let mut sums = Tensor::zeros([num_classes], (kind, dev));
+    let mut cnts = Tensor::zeros([num_classes], (kind, dev));
+    for b in batches() {
+        let (x, y) = b?;
+        let py = tch::no_grad(|| forward(&x).softmax(1, kind).gather(1, &y.unsqueeze(1), false).squeeze_dim(1));
+        sums = sums.index_add(0, &y, &py);
+        cnts = cnts.index_add(0, &y, &py.ones_like());
+    }
     let pbar = sums / cnts.clamp_min(1.0);
     for w in weights {
         let mut g = w.grad();
@@ -121,12 +126,13 @@ pub fn prue_scores(weights: &[Tensor], batches: &[(Tensor, Tensor)], num_classes
         }
     }
     // Pass 2: accumulate ∂S/∂w over every batch.
-    for (x, y) in batches {
-        let py = forward(x).softmax(1, kind).gather(1, &y.unsqueeze(1), false).squeeze_dim(1);
-        let s = (pbar.index_select(0, y) - py).abs().sum(kind);
+    for b in batches() {
+        let (x, y) = b?;
+        let py = forward(&x).softmax(1, kind).gather(1, &y.unsqueeze(1), false).squeeze_dim(1);
+        let s = (pbar.index_select(0, &y) - py).abs().sum(kind);
         s.backward();
     }
-    tch::no_grad(|| weights.iter().map(|w| (w * w.grad()).abs()).collect())
+    Ok(tch::no_grad(|| weights.iter().map(|w| (w * w.grad()).abs()).collect()))
 }
 
 /// PrUE's threshold rule: θ = the k-th smallest score with k = ⌊s·n⌋ (1-indexed); keep the weights
@@ -144,37 +150,21 @@ pub fn prue_masks(scores: &[Tensor], sparsity: f64) -> (Vec<Tensor>, Option<f64>
     (split_like(&keep, scores), Some(thr))
 }
 
-/// The training set sorted by label (stable, so the order within a class is the dataset's), in
-/// unshuffled batches with the training augmentation on, as PrUE's `get_cifar_prune_loader`.
-pub fn sorted_batches(data: &Dataset, batch: i64, augment: bool) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
-    let Some(train_x) = data.resident_train_x() else {
-        crate::input_bail!(
-            "PrUE scores every training image in memory; dataset {} is streamed from disk, so prune it with method = \"magnitude\"",
-            data.info.name
-        );
-    };
-    let (_, order) = data.train_y.sort(0, false);
-    let n = data.train_len();
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let idx = order.narrow(0, start, batch.min(n - start));
-        let mut x = train_x.index_select(0, &idx);
-        if augment && (data.info.pad > 0 || data.info.flip) {
-            x = crate::data::crop_flip(&x, data.info.pad, data.info.flip);
-        }
-        out.push((data.normalize(&x), data.train_y.index_select(0, &idx)));
-        start += batch;
-    }
-    Ok(out)
+/// The training set's indices sorted by label (stable, so the order within a class is the
+/// dataset's): PrUE's `get_cifar_prune_loader` goes over it unshuffled with the training
+/// augmentation on.
+pub fn label_order(data: &Dataset) -> Vec<i64> {
+    let (_, order) = data.train_y.sort_stable(true, 0, false);
+    Vec::try_from(&order.to_device(Device::Cpu)).unwrap_or_default()
 }
 
 /// PrUE masks for a whole model over its conv weights, the model in eval mode (§6).
 pub fn prue_model(vs: &nn::VarStore, model: &dyn Model, data: &Dataset, sparsity: f64, batch: i64, augment: bool) -> anyhow::Result<(Masks, Option<f64>)> {
     let named = prunable(vs, Scope::Conv);
     let weights: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
-    let batches = sorted_batches(data, batch, augment)?;
-    let scores = prue_scores(&weights, &batches, data.info.classes, &|x| model.forward(x, false).logits);
+    let order = label_order(data);
+    let batches = || -> Batches<'_, (Tensor, Tensor)> { Box::new(data.batches_in_order(order.clone(), batch, augment).map(|b| b.map(|(x, y, _)| (x, y)))) };
+    let scores = prue_scores(&weights, &batches, data.info.classes, &|x| model.forward(x, false).logits)?;
     for w in &weights {
         let mut g = w.grad();
         if g.defined() {
