@@ -24,6 +24,9 @@ use crate::error::InputError;
 pub const SIDE: u32 = 64;
 pub const CLASSES: usize = 200;
 
+/// (file, label) pairs of one split.
+pub type Files = Vec<(PathBuf, i64)>;
+
 fn input(msg: String) -> anyhow::Error {
     anyhow::Error::new(InputError(msg))
 }
@@ -71,7 +74,7 @@ pub fn jpegs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// The (file, label) lists of both splits, without decoding.
-pub fn samples(root: &Path) -> anyhow::Result<(Vec<String>, Vec<(PathBuf, i64)>, Vec<(PathBuf, i64)>)> {
+pub fn samples(root: &Path) -> anyhow::Result<(Vec<String>, Files, Files)> {
     let ids = wnids(root)?;
     let index: BTreeMap<&str, i64> = ids.iter().enumerate().map(|(i, w)| (w.as_str(), i as i64)).collect();
     let mut train = Vec::new();
@@ -120,7 +123,7 @@ pub fn decode_split(files: &[(PathBuf, i64)]) -> anyhow::Result<RawSplit> {
 }
 
 /// The root and both splits' file lists of the real dataset (200 classes).
-fn open(dir: &Path) -> anyhow::Result<(PathBuf, Vec<(PathBuf, i64)>, Vec<(PathBuf, i64)>)> {
+fn open(dir: &Path) -> anyhow::Result<(PathBuf, Files, Files)> {
     let root = locate(dir)?;
     let (ids, train, val) = samples(&root)?;
     if ids.len() != CLASSES {

@@ -625,12 +625,14 @@ impl Suite {
                 if links.is_empty() {
                     return Err(err(cs, "expected at least one link".into()));
                 }
-                let (runs, tref) = self.chain_run(&links, cs, point, data, info, (&method, &params), exclusive)?;
+                let ctx = At { at: cs, point, data, info, exclusive };
+                let (runs, tref) = self.chain_run(&links, &ctx, (&method, &params))?;
                 add(runs, tref, &mut deps);
             }
             _ => {
                 for (tname, ts) in names {
-                    let (runs, tref) = self.teacher_run(&tname, ts, point, data, info, None, true, exclusive, 0)?;
+                    let ctx = At { at: ts, point, data, info, exclusive };
+                    let (runs, tref) = self.teacher_run(&tname, &ctx, None, true, 0)?;
                     add(runs, tref, &mut deps);
                 }
             }
@@ -692,20 +694,9 @@ impl Suite {
     /// needs (its own teachers first, recursively) and the reference a student stores.
     /// `upstream`: a precomputed (runs, reference, method, params) this teacher distils from
     /// (chains); `direct`: grid keys `teacher.train.*`/`teacher.seed` apply only to direct teachers.
-    #[allow(clippy::too_many_arguments)]
-    fn teacher_run(
-        &self,
-        name: &str,
-        at: &Setting,
-        point: &[Setting],
-        data: &DataRef,
-        info: &data::DatasetInfo,
-        upstream: Option<(Vec<RunSpec>, TeacherRef, String, BTreeMap<String, ParamValue>)>,
-        direct: bool,
-        exclusive: bool,
-        depth: usize,
-    ) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
-        let (mut runs, tref) = self.dense_teacher_run(name, at, point, data, info, upstream, direct, exclusive, depth)?;
+    fn teacher_run(&self, name: &str, ctx: &At, upstream: Option<Upstream>, direct: bool, depth: usize) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
+        let (mut runs, tref) = self.dense_teacher_run(name, ctx, upstream, direct, depth)?;
+        let (point, data, exclusive) = (ctx.point, ctx.data, ctx.exclusive);
         let decl = self.teachers.get(name);
         let mut prune = decl.and_then(|d| d.prune.clone());
         if direct {
@@ -798,20 +789,9 @@ impl Suite {
     }
 
     /// The unpruned teacher (see [`Suite::teacher_run`]).
-    #[allow(clippy::too_many_arguments)]
-    fn dense_teacher_run(
-        &self,
-        name: &str,
-        at: &Setting,
-        point: &[Setting],
-        data: &DataRef,
-        info: &data::DatasetInfo,
-        upstream: Option<(Vec<RunSpec>, TeacherRef, String, BTreeMap<String, ParamValue>)>,
-        direct: bool,
-        exclusive: bool,
-        depth: usize,
-    ) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
-        let err = |m: String| input(self.src.error(&at.path, m));
+    fn dense_teacher_run(&self, name: &str, ctx: &At, upstream: Option<Upstream>, direct: bool, depth: usize) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
+        let (point, data, info, exclusive) = (ctx.point, ctx.data, ctx.info, ctx.exclusive);
+        let err = |m: String| input(self.src.error(&ctx.at.path, m));
         if depth > MAX_CHAIN {
             return Err(err(format!("teacher `{name}` is part of a cycle of teachers distilling from each other")));
         }
@@ -825,7 +805,7 @@ impl Suite {
                 return Err(err(unknown("teacher", name, &allowed)));
             }
         };
-        check_model_for(&self.src, &at.path, &tmodel, info)?;
+        check_model_for(&self.src, &ctx.at.path, &tmodel, info)?;
         if let Some(ck) = decl.and_then(|d| d.checkpoint.clone()) {
             let decl_path = decl.map(|d| d.path.clone()).unwrap_or_default();
             let bytes = std::fs::read(&ck)
@@ -860,28 +840,21 @@ impl Suite {
                     }
                 }
                 for u in &ups {
-                    let (r, t) = self.teacher_run(u, at, point, data, info, None, false, exclusive, depth + 1)?;
+                    let (r, t) = self.teacher_run(u, ctx, None, false, depth + 1)?;
                     runs.extend(r);
                     refs.push(t);
                 }
                 (m, params)
             }
         };
+        let train = self.teacher_recipe(decl, point, direct)?;
+        train.check().map_err(&err)?;
         let mut seed = decl.map(|d| d.seed).unwrap_or(0);
-        let mut train = self.train.clone();
-        for (k, v, p) in decl.map(|d| d.train.clone()).unwrap_or_default() {
-            train.set(&k, &v).map_err(|m| input(self.src.error(&p, m)))?;
-        }
         if direct {
-            for s in point {
-                if let Some(r) = s.key.strip_prefix("teacher.train.") {
-                    train.set(r, &s.value).map_err(|m| input(self.src.error(&s.path, m)))?;
-                } else if s.key == "teacher.seed" {
-                    seed = seed_of(&s.value).map_err(|m| input(self.src.error(&s.path, m)))?;
-                }
+            for s in point.iter().filter(|s| s.key == "teacher.seed") {
+                seed = seed_of(&s.value).map_err(|m| input(self.src.error(&s.path, m)))?;
             }
         }
-        train.check().map_err(&err)?;
         let mut t = RunSpec {
             id: String::new(),
             suite: self.name.clone(),
@@ -907,25 +880,29 @@ impl Suite {
 
     /// A TAKD chain `[top, assistant, ...]`: the first link is resolved as a teacher; every later
     /// link is trained with (method, params) from the one before.
-    #[allow(clippy::too_many_arguments)]
-    fn chain_run(
-        &self,
-        links: &[String],
-        at: &Setting,
-        point: &[Setting],
-        data: &DataRef,
-        info: &data::DatasetInfo,
-        how: (&str, &BTreeMap<String, ParamValue>),
-        exclusive: bool,
-    ) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
+    fn chain_run(&self, links: &[String], ctx: &At, how: (&str, &BTreeMap<String, ParamValue>)) -> anyhow::Result<(Vec<RunSpec>, TeacherRef)> {
         let n = links.len();
         if n == 1 {
-            return self.teacher_run(&links[0], at, point, data, info, None, true, exclusive, 0);
+            return self.teacher_run(&links[0], ctx, None, true, 0);
         }
-        let (runs, up) = self.chain_run(&links[..n - 1], at, point, data, info, how, exclusive)?;
-        self.teacher_run(&links[n - 1], at, point, data, info, Some((runs, up, how.0.to_string(), how.1.clone())), false, exclusive, n)
+        let (runs, up) = self.chain_run(&links[..n - 1], ctx, how)?;
+        self.teacher_run(&links[n - 1], ctx, Some((runs, up, how.0.to_string(), how.1.clone())), false, n)
     }
 }
+
+/// The grid point a teacher is resolved for: the setting that named it (errors point there),
+/// the point's settings, the data and whether the student's runs are exclusive.
+struct At<'a> {
+    at: &'a Setting,
+    point: &'a [Setting],
+    data: &'a DataRef,
+    info: &'a data::DatasetInfo,
+    exclusive: bool,
+}
+
+/// A chain link's upstream: the runs before it, the link it learns from, and the chain's method
+/// and parameters.
+type Upstream = (Vec<RunSpec>, TeacherRef, String, BTreeMap<String, ParamValue>);
 
 impl Suite {
     /// An input error pointing at `[report].<field>` in the suite file.
