@@ -16,31 +16,40 @@ fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn:
     nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding: (k - 1) / 2, groups, bias: false, ws_init: conv_init(), ..Default::default() })
 }
 
-struct Inverted {
+/// The inverted residual (linear bottleneck) block both MobileNetV2 variants use: 1×1 expansion
+/// (kept even for t = 1), depthwise 3×3, linear 1×1 projection, each followed by BN, the first two
+/// by `act`; identity shortcut where the shape is kept. Its Sequential is `<name>.{0,1,3,4,6,7}`.
+pub(super) struct Inverted {
     layers: Vec<(nn::Conv2D, nn::BatchNorm)>,
     residual: bool,
+    act: fn(&Tensor) -> Tensor,
 }
 
+/// A conv constructor: (path, in, out, kernel, stride, groups), padding kernel/2.
+pub(super) type ConvFn = fn(nn::Path, i64, i64, i64, i64, i64) -> nn::Conv2D;
+
 impl Inverted {
-    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64, t: i64) -> Inverted {
-        let q = &p / "conv";
+    /// `name`: the Sequential's name (`conv` here, `residual` in mdistiller's Tiny-ImageNet net).
+    pub(super) fn new(p: nn::Path, name: &str, (cin, cout, stride, t): (i64, i64, i64, i64), conv: ConvFn, act: fn(&Tensor) -> Tensor) -> Inverted {
+        let q = &p / name;
         let mid = cin * t;
         Inverted {
             layers: vec![
-                (cv(&q / 0, cin, mid, 1, 1, 1), bn(&q / 1, mid)),
-                (cv(&q / 3, mid, mid, 3, stride, mid), bn(&q / 4, mid)),
-                (cv(&q / 6, mid, cout, 1, 1, 1), bn(&q / 7, cout)),
+                (conv(&q / 0, cin, mid, 1, 1, 1), bn(&q / 1, mid)),
+                (conv(&q / 3, mid, mid, 3, stride, mid), bn(&q / 4, mid)),
+                (conv(&q / 6, mid, cout, 1, 1, 1), bn(&q / 7, cout)),
             ],
             residual: stride == 1 && cin == cout,
+            act,
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    pub(super) fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let mut h = x.shallow_clone();
         for (i, (c, n)) in self.layers.iter().enumerate() {
             h = c.forward(&h).apply_t(n, train);
             if i < 2 {
-                h = h.relu();
+                h = (self.act)(&h);
             }
         }
         if self.residual { x + h } else { h }
@@ -65,7 +74,7 @@ impl MobileNetV2 {
             let bp = p / "blocks" / b;
             let mut layers = Vec::new();
             for i in 0..n {
-                layers.push(Inverted::new(&bp / i, cin, out, if i == 0 { s } else { 1 }, tt));
+                layers.push(Inverted::new(&bp / i, "conv", (cin, out, if i == 0 { s } else { 1 }, tt), cv, Tensor::relu));
                 cin = out;
             }
             blocks.push(layers);

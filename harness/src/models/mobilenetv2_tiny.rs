@@ -12,6 +12,7 @@
 
 use tch::{Tensor, nn, nn::Module};
 
+use super::mobilenetv2::Inverted;
 use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, global_pool};
 
 pub static ENTRIES: &[ModelEntry] =
@@ -31,42 +32,14 @@ fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, group
     nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding, groups, bias: true, ws_init: u, bs_init: u, ..Default::default() })
 }
 
-/// `LinearBottleNeck`: 1×1 expansion, depthwise 3×3, linear 1×1 projection; identity shortcut
-/// where shape is kept.
-struct Bottleneck {
-    layers: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    residual: bool,
-}
-
-impl Bottleneck {
-    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64, t: i64) -> Bottleneck {
-        let q = &p / "residual";
-        let mid = cin * t;
-        Bottleneck {
-            layers: vec![
-                (cv(&q / 0, cin, mid, 1, 1, 0, 1), bn(&q / 1, mid)),
-                (cv(&q / 3, mid, mid, 3, stride, 1, mid), bn(&q / 4, mid)),
-                (cv(&q / 6, mid, cout, 1, 1, 0, 1), bn(&q / 7, cout)),
-            ],
-            residual: stride == 1 && cin == cout,
-        }
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.shallow_clone();
-        for (i, (c, n)) in self.layers.iter().enumerate() {
-            h = c.forward(&h).apply_t(n, train);
-            if i < 2 {
-                h = h.relu6();
-            }
-        }
-        if self.residual { h + x } else { h }
-    }
+/// The biased conv with padding kernel/2 that `LinearBottleNeck` uses.
+fn block_cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn::Conv2D {
+    cv(p, cin, cout, k, stride, k / 2, groups)
 }
 
 struct Mv2Tiny {
     pre: (nn::Conv2D, nn::BatchNorm),
-    stages: Vec<Vec<Bottleneck>>,
+    stages: Vec<Vec<Inverted>>,
     conv1: (nn::Conv2D, nn::BatchNorm),
     conv2: nn::Conv2D,
 }
@@ -82,7 +55,7 @@ impl Mv2Tiny {
             for i in 0..n {
                 // A one-block stage is the block itself in PyTorch, not a Sequential of one.
                 let bp = if n == 1 { sp.clone() } else { &sp / i };
-                blocks.push(Bottleneck::new(bp, cin, out, if i == 0 { stride } else { 1 }, t));
+                blocks.push(Inverted::new(bp, "residual", (cin, out, if i == 0 { stride } else { 1 }, t), block_cv, Tensor::relu6));
                 cin = out;
             }
             stages.push(blocks);
