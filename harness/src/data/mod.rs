@@ -238,6 +238,12 @@ pub fn fingerprint(info: &DatasetInfo, train: &RawSplit, test: &RawSplit) -> Str
     h.finalize().to_hex()[..16].to_string()
 }
 
+/// One draw from the (seeded) global generator: the seed of a host-side sampler or decoder, so
+/// their epochs follow the run's seed like the device-side draws do.
+fn draw_seed() -> u64 {
+    Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64
+}
+
 /// BAKE's sampler over `labels`: shuffled anchors (as many as fit `n/(m+1)` groups), each
 /// followed by `m` images of its class drawn without replacement where the class allows
 /// (the anchor itself otherwise). Draws once from the (seeded) global generator.
@@ -248,7 +254,7 @@ fn grouped_order(labels: &[i64], m: usize) -> Vec<i64> {
     for (i, y) in labels.iter().enumerate() {
         by_class.entry(*y).or_default().push(i as i64);
     }
-    let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+    let seed = draw_seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let perm: Vec<i64> = Vec::try_from(&Tensor::randperm(n, (Kind::Int64, Device::Cpu))).unwrap_or_default();
     let group = m as i64 + 1;
@@ -375,18 +381,11 @@ impl Dataset {
     pub fn train_batches(&self, batch_size: i64, augment: bool) -> Batches<'_, TrainBatch> {
         let n = self.train_len();
         match &self.images {
-            Images::Resident { train, .. } => {
-                let perm = Tensor::randperm(n, (Kind::Int64, self.train_y.device()));
-                let nb = (n + batch_size - 1) / batch_size;
-                Box::new((0..nb).map(move |i| {
-                    let start = i * batch_size;
-                    Ok(self.gather(train, &perm.narrow(0, start, batch_size.min(n - start)), augment))
-                }))
-            }
+            Images::Resident { train, .. } => self.gathered(train, Tensor::randperm(n, (Kind::Int64, self.train_y.device())), batch_size, augment),
             Images::Streamed { train, .. } => {
                 // The order and every sample's augmentation follow one draw from the seeded
                 // global generator, so a streamed epoch is as reproducible as a resident one.
-                let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+                let seed = draw_seed();
                 let mut order: Vec<usize> = (0..n as usize).collect();
                 order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
                 self.stream(train, order, batch_size, augment, seed)
@@ -410,20 +409,23 @@ impl Dataset {
     pub fn batches_in_order(&self, order: Vec<i64>, batch_size: i64, augment: bool) -> Batches<'_, TrainBatch> {
         let batch_size = batch_size.max(1);
         match &self.images {
-            Images::Resident { train, .. } => {
-                let idx_all = Tensor::from_slice(&order).to_device(self.train_y.device());
-                let total = order.len() as i64;
-                let nb = (total + batch_size - 1) / batch_size;
-                Box::new((0..nb).map(move |i| {
-                    let start = i * batch_size;
-                    Ok(self.gather(train, &idx_all.narrow(0, start, batch_size.min(total - start)), augment))
-                }))
-            }
+            Images::Resident { train, .. } => self.gathered(train, Tensor::from_slice(&order).to_device(self.train_y.device()), batch_size, augment),
             Images::Streamed { train, .. } => {
-                let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+                let seed = draw_seed();
                 self.stream(train, order.iter().map(|&i| i as usize).collect(), batch_size, augment, seed)
             }
         }
+    }
+
+    /// Resident batches over the indices in `idx_all` (a device tensor), `batch_size` at a time;
+    /// the last partial batch is kept.
+    fn gathered<'a>(&'a self, train: &'a Tensor, idx_all: Tensor, batch_size: i64, augment: bool) -> Batches<'a, TrainBatch> {
+        let total = idx_all.size()[0];
+        let nb = (total + batch_size - 1) / batch_size;
+        Box::new((0..nb).map(move |i| {
+            let start = i * batch_size;
+            Ok(self.gather(train, &idx_all.narrow(0, start, batch_size.min(total - start)), augment))
+        }))
     }
 
     /// Training images, labels and dataset indices at `idx`, augmented if asked, normalised.
