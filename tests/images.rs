@@ -429,10 +429,7 @@ fn imagenet_dataset_streams_through_the_common_batch_interface() {
     assert!(d.is_streamed() && d.resident_train_x().is_none());
     assert_eq!((d.train_len(), d.test_len()), (12, 6));
     assert_eq!(data::plan_fingerprint("imagenet", dir.path()).unwrap(), d.fingerprint, "plan and run agree on the fingerprint");
-    let epoch = |seed: i64| -> Vec<(tch::Tensor, tch::Tensor, tch::Tensor)> {
-        tch::manual_seed(seed);
-        d.train_batches(5, true).map(|b| b.unwrap()).collect()
-    };
+    let epoch = |seed: u64| -> Vec<(tch::Tensor, tch::Tensor, tch::Tensor)> { d.train_batches(5, true, seed).map(|b| b.unwrap()).collect() };
     let a = epoch(5);
     assert_eq!(a.iter().map(|b| b.1.size()[0]).collect::<Vec<_>>(), vec![5, 5, 2], "last partial batch kept");
     assert_eq!(a[0].0.size(), vec![5, 3, 224, 224]);
@@ -448,7 +445,7 @@ fn imagenet_dataset_streams_through_the_common_batch_interface() {
     idx.sort();
     assert_eq!(idx, (0..12).collect::<Vec<i64>>(), "an epoch visits every image once");
     let again = epoch(5);
-    assert!(a.iter().zip(&again).all(|(p, q)| p.0.equal(&q.0) && p.2.equal(&q.2)), "the seeded generator fixes order and augmentation");
+    assert!(a.iter().zip(&again).all(|(p, q)| p.0.equal(&q.0) && p.2.equal(&q.2)), "the stream seed fixes order and augmentation");
     let other = epoch(6);
     assert!(a.iter().zip(&other).any(|(p, q)| !p.2.equal(&q.2)), "another seed, another order");
 
@@ -456,8 +453,7 @@ fn imagenet_dataset_streams_through_the_common_batch_interface() {
     assert_eq!(test.iter().flat_map(|b| Vec::<i64>::try_from(&b.1).unwrap()).collect::<Vec<_>>(), vec![0, 0, 1, 1, 2, 2]);
     assert_eq!(d.probe(2).unwrap().size(), vec![2, 3, 224, 224]);
     // BAKE's grouped sampler: every anchor is followed by images of its class.
-    tch::manual_seed(1);
-    for b in d.train_batches_grouped(6, 2, true) {
+    for b in d.train_batches_grouped(6, 2, true, 1) {
         let (_, y, _) = b.unwrap();
         let y: Vec<i64> = Vec::try_from(&y).unwrap();
         assert!(y.chunks(3).all(|g| g.iter().all(|&c| c == g[0])), "{y:?}");
@@ -543,12 +539,11 @@ fn prue_scores_a_streamed_dataset() {
     let d = data::Dataset::load("imagenet", dir.path(), tch::Device::Cpu).unwrap();
     let order = harness::train::prune::label_order(&d);
     assert_eq!(order, (0..12).collect::<Vec<i64>>(), "the tree lists classes in sorted order already");
-    let masks = |seed: i64| {
+    let masks = |seed: u64| {
         tch::manual_seed(0);
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
         let m = (harness::models::find("cnn_tiny").unwrap().build)(&vs.root(), harness::models::ModelCfg { in_channels: 3, num_classes: 1000 });
-        tch::manual_seed(seed);
-        harness::train::prune::prue_model(&vs, m.as_ref(), &d, 0.5, 5, true).unwrap()
+        harness::train::prune::prue_model(&vs, m.as_ref(), &d, 0.5, 5, true, seed).unwrap()
     };
     let (a, thr) = masks(1);
     assert!(thr.is_some());

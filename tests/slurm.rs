@@ -95,8 +95,9 @@ fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel_cancel_and_
     assert!(o.status.success(), "{}", text(&o));
 
     // Submit with the teacher stalling after epoch 2 (its resume state is on disk by then), and
-    // cancel its array task with scancel while it runs.
-    let o = harness_cmd(&["run", &s, "--results", "r", "--executor", "slurm", "--threads", "1"], dir)
+    // cancel its array task with scancel while it runs (one run per task here: in a cohort the
+    // ce baseline would share the teacher's task).
+    let o = harness_cmd(&["run", &s, "--results", "r", "--executor", "slurm", "--threads", "1", "--no-cohort"], dir)
         .env("KD_HARNESS_FAULT", format!("stall:{teacher}:2"))
         .output()
         .unwrap();
@@ -155,6 +156,17 @@ fn slurm_runs_match_local_wait_for_teachers_and_resume_after_scancel_cancel_and_
     assert!(st.contains("s: 3 done") && st.contains("slurm state") && st.matches("COMPLETED").count() == 3, "{st}");
     let o = harness(&["run", &s, "--results", "r", "--executor", "slurm", "--wait"], dir);
     assert!(o.status.success() && text(&o).contains("0 finished now, 3 cached"), "{}", text(&o));
+
+    // In cohorts (the default), the teacher and the ce baseline share one array task, with the
+    // local executor's metrics.
+    let o = harness(&["run", &s, "--results", "rc", "--executor", "slurm", "--threads", "1", "--wait"], dir);
+    assert!(o.status.success() && text(&o).contains("3 finished now"), "{}", text(&o));
+    let level0 = &jobs(&dir.join("rc"), "s")[0];
+    assert_eq!(level0["tasks"].as_array().unwrap().len(), 1, "one task for the level's cohort: {level0:?}");
+    for (id, _, _) in &runs {
+        let (a, b) = (run_dir("rc", id), run_dir("local", id));
+        assert_eq!(metrics_without_timing(&a.join("metrics.csv")), metrics_without_timing(&b.join("metrics.csv")), "{id}");
+    }
 
     // `harness cancel` stops a suite's running task; the run stays resumable.
     let id = ids(dir, &c)[0].0.clone();

@@ -30,7 +30,7 @@ fn kd_step(c: &mut Criterion) {
             let step = distill::Step::new(&s, &teachers, &y, 1);
             let terms = kd.losses(&step).expect("losses");
             let total = terms.iter().map(|(_, t)| t.shallow_clone()).reduce(|a, b| a + b).expect("terms");
-            opt.backward_step(&total);
+            opt.backward_step(&total).expect("step");
         })
     });
     g.finish();

@@ -91,6 +91,14 @@ pub struct RunArgs {
     /// Extra attempts for a failed run (diverged runs are not retried).
     #[arg(long, default_value_t = 0)]
     pub retries: usize,
+    /// Most runs trained together in one process when they share dataset, seed, batch size,
+    /// epochs and teachers (one data stream, the teachers' forward pass once per batch; results
+    /// are identical to training them alone). Default: from available memory (CPU), 4 per GPU.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub cohort: Option<u16>,
+    /// Train every run alone (same as --cohort 1).
+    #[arg(long, conflicts_with = "cohort")]
+    pub no_cohort: bool,
     /// Only runs matching key=value[,key=value] (id, role, model, teacher, method, seed,
     /// train.<key>, <method>.<param>), plus the teachers they need.
     #[arg(long)]
@@ -353,7 +361,9 @@ pub enum DataCmd {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
-    pub run_dir: PathBuf,
+    /// Run directories to train together as one cohort (one data stream, shared teachers).
+    #[arg(required = true)]
+    pub run_dirs: Vec<PathBuf>,
     #[arg(long)]
     pub data_dir: PathBuf,
     #[arg(long, default_value = "auto")]
@@ -425,7 +435,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                 tch::set_num_threads(t);
             }
             let device = env::parse_device(&a.device)?;
-            sched::exec(&a.run_dir, &a.data_dir, device)
+            sched::exec(&a.run_dirs, &a.data_dir, device)
         }
     }
 }
@@ -729,12 +739,13 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     let opts = sched::Options {
         results: a.results.clone(),
         data_dir,
-        devices,
+        devices: devices.clone(),
         per_gpu: a.per_gpu,
         jobs: a.jobs,
         threads: a.threads,
         retries: a.retries,
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        cohort: if a.no_cohort { 1 } else { a.cohort.map(usize::from).unwrap_or_else(|| sched::default_cohort(&devices)) },
     };
     let outcomes = sched::run_plan(&plan, &opts)?;
     Ok(print_outcomes(&plan, &a.results, &outcomes))
@@ -763,6 +774,7 @@ fn run_slurm(a: &RunArgs, suite: &Suite, plan: &Plan, data_dir: &Path) -> anyhow
         data_dir: absolute(data_dir)?,
         threads: a.threads,
         retries: a.retries,
+        cohort: if a.no_cohort { 1 } else { a.cohort.map(usize::from).unwrap_or(4) },
         options: suite.slurm.merged(&flags),
     };
     let finished_before: Vec<bool> = plan.runs.iter().map(|r| crate::store::RunDir::new(&a.results, &plan.suite, &r.spec.id).is_finished()).collect();

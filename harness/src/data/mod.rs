@@ -238,24 +238,31 @@ pub fn fingerprint(info: &DatasetInfo, train: &RawSplit, test: &RawSplit) -> Str
     h.finalize().to_hex()[..16].to_string()
 }
 
-/// One draw from the (seeded) global generator: the seed of a host-side sampler or decoder, so
-/// their epochs follow the run's seed like the device-side draws do.
-fn draw_seed() -> u64 {
-    Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64
+/// Seed of one random draw site: `stream` (a run's stream seed, e.g. of one epoch's data) and the
+/// site's index in it (a batch). Every draw site re-seeds the global generator from its own value,
+/// so draws of different streams (the data, each learner's method) may interleave in any order —
+/// what lets several runs share one data stream and still draw exactly what they draw alone.
+pub fn site_seed(stream: u64, site: u64) -> i64 {
+    let h = blake3::hash(format!("kd-harness/site/{stream}/{site}").as_bytes());
+    let b = h.as_bytes();
+    (u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) >> 1) as i64
 }
+
+/// Site index of an epoch's order (batches use their own index).
+const ORDER_SITE: u64 = u64::MAX;
 
 /// BAKE's sampler over `labels`: shuffled anchors (as many as fit `n/(m+1)` groups), each
 /// followed by `m` images of its class drawn without replacement where the class allows
-/// (the anchor itself otherwise). Draws once from the (seeded) global generator.
-fn grouped_order(labels: &[i64], m: usize) -> Vec<i64> {
+/// (the anchor itself otherwise). A function of `seed` only.
+fn grouped_order(labels: &[i64], m: usize, seed: u64) -> Vec<i64> {
     use rand::{Rng, SeedableRng};
     let n = labels.len() as i64;
     let mut by_class: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
     for (i, y) in labels.iter().enumerate() {
         by_class.entry(*y).or_default().push(i as i64);
     }
-    let seed = draw_seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    tch::manual_seed(site_seed(seed, ORDER_SITE));
     let perm: Vec<i64> = Vec::try_from(&Tensor::randperm(n, (Kind::Int64, Device::Cpu))).unwrap_or_default();
     let group = m as i64 + 1;
     let anchors = (n / group).max(1) as usize;
@@ -376,16 +383,19 @@ impl Dataset {
     }
 
     /// One epoch of shuffled (and optionally augmented) training batches, produced lazily.
-    /// The last partial batch is kept (PyTorch's DataLoader without drop_last). Draws from the
-    /// global RNG, which the training loop seeds per run and epoch.
-    pub fn train_batches(&self, batch_size: i64, augment: bool) -> Batches<'_, TrainBatch> {
+    /// The last partial batch is kept (PyTorch's DataLoader without drop_last). Order and
+    /// augmentation are a function of `seed` (the run's seed for this epoch) and the batch size
+    /// only: every run with that seed sees the same batches, alone or in a cohort.
+    pub fn train_batches(&self, batch_size: i64, augment: bool, seed: u64) -> Batches<'_, TrainBatch> {
         let n = self.train_len();
         match &self.images {
-            Images::Resident { train, .. } => self.gathered(train, Tensor::randperm(n, (Kind::Int64, self.train_y.device())), batch_size, augment),
+            Images::Resident { train, .. } => {
+                tch::manual_seed(site_seed(seed, ORDER_SITE));
+                self.gathered(train, Tensor::randperm(n, (Kind::Int64, self.train_y.device())), batch_size, augment, seed)
+            }
             Images::Streamed { train, .. } => {
-                // The order and every sample's augmentation follow one draw from the seeded
-                // global generator, so a streamed epoch is as reproducible as a resident one.
-                let seed = draw_seed();
+                // The order and every sample's augmentation follow the seed, so a streamed epoch
+                // is as reproducible as a resident one.
                 let mut order: Vec<usize> = (0..n as usize).collect();
                 order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
                 self.stream(train, order, batch_size, augment, seed)
@@ -395,35 +405,37 @@ impl Dataset {
 
     /// Training batches built as BAKE's sampler does ([`grouped_order`]): `batch/(m+1)` anchors
     /// per batch, each followed by `m` images of its class. An epoch holds about as many images
-    /// as the training set. Draws from the global RNG.
-    pub fn train_batches_grouped(&self, batch_size: i64, m: usize, augment: bool) -> Batches<'_, TrainBatch> {
+    /// as the training set. A function of `seed` only.
+    pub fn train_batches_grouped(&self, batch_size: i64, m: usize, augment: bool, seed: u64) -> Batches<'_, TrainBatch> {
         let labels: Vec<i64> = Vec::try_from(&self.train_y.to_device(Device::Cpu)).unwrap_or_default();
-        let order = grouped_order(&labels, m);
+        let order = grouped_order(&labels, m, seed);
         let group = m as i64 + 1;
-        self.batches_in_order(order, (batch_size / group).max(1) * group, augment)
+        self.batches_in_order(order, (batch_size / group).max(1) * group, augment, seed)
     }
 
     /// Training batches over `order` (dataset indices, repeats allowed) in that order, `batch_size`
     /// at a time, augmented if asked: the samplers above and PrUE's label-sorted pass use it.
-    /// Streamed data draws its augmentation seed from the global generator.
-    pub fn batches_in_order(&self, order: Vec<i64>, batch_size: i64, augment: bool) -> Batches<'_, TrainBatch> {
+    /// The augmentation is a function of `seed`.
+    pub fn batches_in_order(&self, order: Vec<i64>, batch_size: i64, augment: bool, seed: u64) -> Batches<'_, TrainBatch> {
         let batch_size = batch_size.max(1);
         match &self.images {
-            Images::Resident { train, .. } => self.gathered(train, Tensor::from_slice(&order).to_device(self.train_y.device()), batch_size, augment),
+            Images::Resident { train, .. } => self.gathered(train, Tensor::from_slice(&order).to_device(self.train_y.device()), batch_size, augment, seed),
             Images::Streamed { train, .. } => {
-                let seed = draw_seed();
                 self.stream(train, order.iter().map(|&i| i as usize).collect(), batch_size, augment, seed)
             }
         }
     }
 
     /// Resident batches over the indices in `idx_all` (a device tensor), `batch_size` at a time;
-    /// the last partial batch is kept.
-    fn gathered<'a>(&'a self, train: &'a Tensor, idx_all: Tensor, batch_size: i64, augment: bool) -> Batches<'a, TrainBatch> {
+    /// the last partial batch is kept; batch `i`'s augmentation is drawn at site `(seed, i)`.
+    fn gathered<'a>(&'a self, train: &'a Tensor, idx_all: Tensor, batch_size: i64, augment: bool, seed: u64) -> Batches<'a, TrainBatch> {
         let total = idx_all.size()[0];
         let nb = (total + batch_size - 1) / batch_size;
         Box::new((0..nb).map(move |i| {
             let start = i * batch_size;
+            if augment {
+                tch::manual_seed(site_seed(seed, i as u64));
+            }
             Ok(self.gather(train, &idx_all.narrow(0, start, batch_size.min(total - start)), augment))
         }))
     }

@@ -90,6 +90,29 @@ pub struct Options {
     pub retries: usize,
     /// Progress bars (else one plain line per event, for logs and CI).
     pub progress: bool,
+    /// Most runs trained together in one child (1: every run alone); see [`default_cohort`].
+    pub cohort: usize,
+}
+
+/// Estimated memory one CIFAR-size learner needs on the CPU (model, gradients, momentum, the
+/// activations of a batch of 64 for resnet32x4: measured ≈ 0.6 GB; doubled for headroom).
+const LEARNER_BYTES: u64 = 1_200_000_000;
+
+/// `--cohort` when not given: as many learners as a quarter of the available memory holds
+/// (`MemAvailable` of /proc/meminfo), at least 1 and at most 8; 4 on GPUs (their memory is not
+/// visible through libtorch here; a learner of the CIFAR zoo needs well under 1 GB).
+pub fn default_cohort(devices: &Devices) -> usize {
+    if let Devices::Gpus(_) = devices {
+        return 4;
+    }
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kb| kb * 1024);
+    match avail {
+        Some(b) => ((b / 4) / LEARNER_BYTES).clamp(1, 8) as usize,
+        None => 1,
+    }
 }
 
 /// What happened to one run.
@@ -234,37 +257,35 @@ pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
     suite_bar.set_position(outcome.iter().filter(|o| o.is_some()).count() as u64);
 
     struct Running {
-        idx: usize,
+        idxs: Vec<usize>,
         slots: Vec<usize>,
         child: Child,
-        reader: std::thread::JoinHandle<()>,
-        bar: ProgressBar,
+        reader: std::thread::JoinHandle<Vec<String>>,
+        bars: Vec<ProgressBar>,
     }
     let mut running: Vec<Running> = Vec::new();
     let index_of = |id: &str| plan.runs.iter().position(|r| r.spec.id == id);
+    // Runs with equal keys may share a child (one data stream, the teachers' passes once).
+    let keys: Vec<Option<String>> = plan.runs.iter().map(|r| if opts.cohort > 1 { crate::train::cohort_key(&r.spec) } else { None }).collect();
     loop {
+        let mut ready: Vec<usize> = Vec::new();
         for i in 0..n {
-            if outcome[i].is_some() || running.iter().any(|r| r.idx == i) {
+            if outcome[i].is_some() || running.iter().any(|r| r.idxs.contains(&i)) {
                 continue;
             }
-            let mut blocked = None;
-            let mut ready = true;
-            for d in &plan.runs[i].deps {
-                let j = index_of(d);
-                match j.and_then(|j| outcome[j].clone()) {
-                    Some(o) if o.done() => {}
-                    Some(_) => blocked = Some(format!("teacher {} ({}) did not finish", d, j.map(|j| plan.runs[j].spec.model.as_str()).unwrap_or("?"))),
-                    None if j.is_none() => blocked = Some(format!("dependency {d} is not in this plan")),
-                    None => ready = false,
+            match readiness(plan, i, &outcome, &index_of) {
+                Ready::Yes => ready.push(i),
+                Ready::Wait => {}
+                Ready::Blocked(reason) => {
+                    say(&mp, opts.progress, format!("skip  {} {}: {reason}", plan.runs[i].spec.id, plan.runs[i].spec.label()));
+                    outcome[i] = Some(Outcome::Skipped(reason));
+                    suite_bar.inc(1);
                 }
             }
-            if let Some(reason) = blocked {
-                say(&mp, opts.progress, format!("skip  {} {}: {reason}", plan.runs[i].spec.id, plan.runs[i].spec.label()));
-                outcome[i] = Some(Outcome::Skipped(reason));
-                suite_bar.inc(1);
-                continue;
-            }
-            if !ready {
+        }
+        let mut taken_runs: Vec<usize> = Vec::new();
+        for &i in &ready {
+            if taken_runs.contains(&i) {
                 continue;
             }
             // Place the run: one free slot, or a whole free GPU (all CPU slots) when exclusive.
@@ -279,11 +300,20 @@ pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
                 (0..slots.len()).find(|&s| busy[s].is_none()).map(|s| vec![s])
             };
             let Some(taken) = take else { continue };
+            // Its cohort: ready runs with the same key, in plan order, up to --cohort.
+            let mut idxs = vec![i];
+            if let Some(k) = &keys[i] {
+                for &j in &ready {
+                    let fits = |m: &usize| crate::train::teachers_agree(&plan.runs[*m].spec, &plan.runs[j].spec);
+                    if idxs.len() < opts.cohort && j != i && !taken_runs.contains(&j) && keys[j].as_ref() == Some(k) && idxs.iter().all(fits) {
+                        idxs.push(j);
+                    }
+                }
+            }
+            taken_runs.extend(&idxs);
             let slot = &slots[taken[0]];
-            let dir = &dirs[i];
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.log()).with_context(|| format!("opening {}", dir.log().display()))?;
             let mut cmd = Command::new(&exe);
-            cmd.arg("exec").arg(&dir.path).arg("--data-dir").arg(&opts.data_dir);
+            cmd.arg("exec").args(idxs.iter().map(|&j| &dirs[j].path)).arg("--data-dir").arg(&opts.data_dir);
             match slot.gpu {
                 Some(g) => {
                     cmd.env("CUDA_VISIBLE_DEVICES", g.to_string()).arg("--device").arg("cuda:0");
@@ -293,39 +323,35 @@ pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
                     cmd.env("CUDA_VISIBLE_DEVICES", "").arg("--device").arg("cpu").arg("--threads").arg(t.to_string());
                 }
             }
+            // The child's stderr goes to the first member's log; every member's own log gets its lines too.
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(dirs[i].log()).with_context(|| format!("opening {}", dirs[i].log().display()))?;
             let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::from(log)).spawn().with_context(|| format!("starting {} exec", exe.display()))?;
-            attempts[i] += 1;
-            let spec = &plan.runs[i].spec;
             let place = slot.gpu.map(|g| format!("cuda:{g}")).unwrap_or_else(|| "cpu".into());
-            say(
-                &mp,
-                opts.progress,
-                format!("start {} {} on {place}{}", spec.id, spec.label(), if attempts[i] > 1 { format!(" (attempt {})", attempts[i]) } else { String::new() }),
-            );
-            let bar = mp.insert_before(&suite_bar, ProgressBar::new(spec.train.epochs as u64));
-            bar.set_style(
-                ProgressStyle::with_template("  {prefix} [{bar:20}] epoch {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(format!("{place:>6} {} {}", &spec.id[..8], spec.label()));
+            let cohort_note = |j: usize| match idxs.len() {
+                1 => String::new(),
+                k => format!(" [cohort of {k} with {}]", idxs.iter().filter(|&&o| o != j).map(|&o| &plan.runs[o].spec.id[..8]).collect::<Vec<_>>().join(", ")),
+            };
+            let mut bars = Vec::new();
+            for &j in &idxs {
+                attempts[j] += 1;
+                let spec = &plan.runs[j].spec;
+                let again = if attempts[j] > 1 { format!(" (attempt {})", attempts[j]) } else { String::new() };
+                say(&mp, opts.progress, format!("start {} {} on {place}{again}{}", spec.id, spec.label(), cohort_note(j)));
+                let bar = mp.insert_before(&suite_bar, ProgressBar::new(spec.train.epochs as u64));
+                bar.set_style(
+                    ProgressStyle::with_template("  {prefix} [{bar:20}] epoch {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                bar.set_prefix(format!("{place:>6} {} {}", &spec.id[..8], spec.label()));
+                bars.push(bar);
+            }
             let stdout = child.stdout.take().context("child stdout")?;
-            let b = bar.clone();
-            let reader = std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.strip_prefix("@epoch ") {
-                        let f: Vec<&str> = rest.split_whitespace().collect();
-                        if let (Some(e), Some(acc), Some(loss), Some(ips)) = (f.first().and_then(|x| x.parse::<u64>().ok()), f.get(2), f.get(3), f.get(4)) {
-                            b.set_position(e);
-                            b.set_message(format!("loss {loss} top-1 {acc} {ips} img/s"));
-                        }
-                    }
-                }
-            });
+            let reader = progress_reader(stdout, idxs.iter().map(|&j| plan.runs[j].spec.id.clone()).zip(bars.iter().cloned()).collect());
             for &s in &taken {
                 busy[s] = Some(i);
             }
-            running.push(Running { idx: i, slots: taken, child, reader, bar });
+            running.push(Running { idxs, slots: taken, child, reader, bars });
         }
         if running.is_empty() {
             break;
@@ -338,50 +364,94 @@ pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
                 continue;
             };
             let r = running.remove(k);
-            let _ = r.reader.join();
+            let locked = r.reader.join().unwrap_or_default();
             for s in &r.slots {
                 busy[*s] = None;
             }
-            r.bar.finish_and_clear();
-            mp.remove(&r.bar);
-            let spec = &plan.runs[r.idx].spec;
-            let dir = &dirs[r.idx];
-            let o = if status.success() && dir.is_finished() {
-                let s = dir.read_summary().map(|s| format!("top-1 last {:.4} best {:.4}", s.last_top1, s.best_top1)).unwrap_or_default();
-                say(&mp, opts.progress, format!("done  {} {}: {s}", &spec.id, spec.label()));
-                Outcome::Finished
-            } else if status.code() == Some(EXIT_LOCKED) {
-                say(&mp, opts.progress, format!("busy  {} {}: locked by another process", &spec.id, spec.label()));
-                Outcome::Locked
-            } else {
-                let fail = read_fail(dir).unwrap_or_else(|| {
-                    // The child died without a word (signal, panic, OOM kill): record it ourselves.
-                    let error = last_error(&dir.log()).unwrap_or_else(|| format!("exit status {status}"));
-                    let f = FailStatus { state: "failed".into(), error, epoch: None, attempt: attempts[r.idx] };
-                    let _ = crate::store::write_json(&status_path(dir), &f);
-                    f
-                });
-                if fail.state == "diverged" || status.code() == Some(EXIT_DIVERGED) {
-                    say(&mp, opts.progress, format!("DIVERGED {} {}: {} (log: {})", &spec.id, spec.label(), fail.error, dir.log().display()));
-                    Outcome::Diverged(fail.error)
-                } else if attempts[r.idx] <= opts.retries {
-                    say(
-                        &mp,
-                        opts.progress,
-                        format!("retry {} {}: {} (attempt {} of {})", &spec.id, spec.label(), fail.error, attempts[r.idx], opts.retries + 1),
-                    );
-                    continue; // outcome stays None: scheduled again
+            for b in &r.bars {
+                b.finish_and_clear();
+                mp.remove(b);
+            }
+            for &j in &r.idxs {
+                let spec = &plan.runs[j].spec;
+                let dir = &dirs[j];
+                let o = if dir.is_finished() {
+                    let s = dir.read_summary().map(|s| format!("top-1 last {:.4} best {:.4}", s.last_top1, s.best_top1)).unwrap_or_default();
+                    say(&mp, opts.progress, format!("done  {} {}: {s}", &spec.id, spec.label()));
+                    Outcome::Finished
+                } else if locked.contains(&spec.id) {
+                    say(&mp, opts.progress, format!("busy  {} {}: locked by another process", &spec.id, spec.label()));
+                    Outcome::Locked
                 } else {
-                    say(&mp, opts.progress, format!("FAIL  {} {}: {} (log: {})", &spec.id, spec.label(), fail.error, dir.log().display()));
-                    Outcome::Failed(fail.error)
-                }
-            };
-            outcome[r.idx] = Some(o);
-            suite_bar.inc(1);
+                    let fail = read_fail(dir).unwrap_or_else(|| {
+                        // The child died without a word (signal, OOM kill): record it ourselves.
+                        let error = last_error(&dir.log()).unwrap_or_else(|| format!("exit status {status}"));
+                        let f = FailStatus { state: "failed".into(), error, epoch: None, attempt: attempts[j] };
+                        let _ = crate::store::write_json(&status_path(dir), &f);
+                        f
+                    });
+                    if fail.state == "diverged" {
+                        say(&mp, opts.progress, format!("DIVERGED {} {}: {} (log: {})", &spec.id, spec.label(), fail.error, dir.log().display()));
+                        Outcome::Diverged(fail.error)
+                    } else if attempts[j] <= opts.retries {
+                        say(&mp, opts.progress, format!("retry {} {}: {} (attempt {} of {})", &spec.id, spec.label(), fail.error, attempts[j], opts.retries + 1));
+                        continue; // outcome stays None: scheduled again
+                    } else {
+                        say(&mp, opts.progress, format!("FAIL  {} {}: {} (log: {})", &spec.id, spec.label(), fail.error, dir.log().display()));
+                        Outcome::Failed(fail.error)
+                    }
+                };
+                outcome[j] = Some(o);
+                suite_bar.inc(1);
+            }
         }
     }
     suite_bar.finish_and_clear();
     Ok(outcome.into_iter().map(|o| o.unwrap_or(Outcome::Skipped("not scheduled".into()))).collect())
+}
+
+/// Whether a run can start now.
+enum Ready {
+    Yes,
+    /// A dependency has not finished yet.
+    Wait,
+    /// A dependency failed (or is missing): the run is skipped.
+    Blocked(String),
+}
+
+fn readiness(plan: &Plan, i: usize, outcome: &[Option<Outcome>], index_of: &dyn Fn(&str) -> Option<usize>) -> Ready {
+    let mut ready = Ready::Yes;
+    for d in &plan.runs[i].deps {
+        let j = index_of(d);
+        match j.and_then(|j| outcome[j].clone()) {
+            Some(o) if o.done() => {}
+            Some(_) => return Ready::Blocked(format!("teacher {} ({}) did not finish", d, j.map(|j| plan.runs[j].spec.model.as_str()).unwrap_or("?"))),
+            None if j.is_none() => return Ready::Blocked(format!("dependency {d} is not in this plan")),
+            None => ready = Ready::Wait,
+        }
+    }
+    ready
+}
+
+/// Reads a child's `@epoch <id> ...` lines into the members' bars; returns the ids it reported
+/// as locked by another process.
+fn progress_reader(stdout: std::process::ChildStdout, bars: Vec<(String, ProgressBar)>) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut locked = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(id) = line.strip_prefix("@locked ") {
+                locked.push(id.trim().to_string());
+            } else if let Some(rest) = line.strip_prefix("@epoch ") {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let Some((_, b)) = f.first().and_then(|id| bars.iter().find(|(i, _)| i == id)) else { continue };
+                if let (Some(e), Some(acc), Some(loss), Some(ips)) = (f.get(1).and_then(|x| x.parse::<u64>().ok()), f.get(3), f.get(4), f.get(5)) {
+                    b.set_position(e);
+                    b.set_message(format!("loss {loss} top-1 {acc} {ips} img/s"));
+                }
+            }
+        }
+        locked
+    })
 }
 
 /// Prints a line above the progress bars, or plainly when bars are hidden.
@@ -407,37 +477,100 @@ fn last_error(log: &Path) -> Option<String> {
     Some(msg)
 }
 
-/// The child side: trains the run in `dir` (from its `config.json`) unless finished or locked,
-/// resuming from its last completed epoch. Progress goes to stdout as
-/// `@epoch <e> <epochs> <top1> <loss> <img/s>` lines for the parent. Returns the exit status.
-pub fn exec(dir: &Path, data_dir: &Path, device: tch::Device) -> anyhow::Result<i32> {
-    let run = RunDir { path: dir.to_path_buf() };
-    let spec = run.read_spec().map_err(|e| crate::error::InputError::new(format!("{}: not a run directory: {e:#}", dir.display())))?;
-    let Some(_lock) = Lock::acquire(&run)? else { return Ok(EXIT_LOCKED) };
-    if run.is_finished() {
-        return Ok(0);
+/// The child side: trains the runs in `dirs` (from their `config.json`) as one cohort, skipping
+/// finished runs and runs locked by another process, each resuming from its last completed
+/// epoch. Progress goes to stdout as `@epoch <id> <e> <epochs> <top1> <loss> <img/s>` lines (and
+/// `@locked <id>`) for the parent; each member that fails gets its `status.json`. Returns the exit
+/// status: 0 when every member finished, else that of the first member that did not (2 bad input,
+/// [`EXIT_LOCKED`], [`EXIT_DIVERGED`], 1 failed).
+pub fn exec(dirs: &[PathBuf], data_dir: &Path, device: tch::Device) -> anyhow::Result<i32> {
+    let mut members = Vec::new();
+    let mut locks = Vec::new();
+    let mut code = 0;
+    for dir in dirs {
+        let run = RunDir { path: dir.to_path_buf() };
+        let spec = run.read_spec().map_err(|e| crate::error::InputError::new(format!("{}: not a run directory: {e:#}", dir.display())))?;
+        let Some(lock) = Lock::acquire(&run)? else {
+            println!("@locked {}", spec.id);
+            code = if code == 0 { EXIT_LOCKED } else { code };
+            continue;
+        };
+        if run.is_finished() {
+            continue;
+        }
+        locks.push(lock);
+        members.push(crate::train::Member { spec, run });
     }
-    let previous = read_fail(&run).map(|f| f.attempt).unwrap_or(0);
-    let _ = std::fs::remove_file(status_path(&run));
-    match exec_locked(&run, &spec, data_dir, device) {
-        Ok(()) => Ok(0),
-        Err(e) => {
-            let (state, epoch, code) = match e.downcast_ref::<crate::train::Diverged>() {
-                Some(d) => ("diverged", Some(d.epoch), EXIT_DIVERGED),
-                None => ("failed", None, if crate::error::is_input_error(&e) { 2 } else { 1 }),
-            };
-            let f = FailStatus { state: state.into(), error: format!("{e:#}"), epoch, attempt: previous + 1 };
-            crate::store::write_json(&status_path(&run), &f)?;
-            eprintln!("error: {e:#}");
-            Ok(code)
+    if members.is_empty() {
+        return Ok(code);
+    }
+    let ids: Vec<String> = members.iter().map(|m| m.spec.id.clone()).collect();
+    let mut attempts = Vec::new();
+    for m in &members {
+        attempts.push(read_fail(&m.run).map(|f| f.attempt).unwrap_or(0));
+        let _ = std::fs::remove_file(status_path(&m.run));
+        crate::store::write_json(&cohort_path(&m.run), &ids)?;
+    }
+    let results = match exec_locked(&members, data_dir, device) {
+        Ok(r) => r,
+        Err(e) => members.iter().map(|_| Err(crate::train::cohort::shared_error(&e))).collect(),
+    };
+    for ((m, r), previous) in members.iter().zip(results).zip(attempts) {
+        let _ = std::fs::remove_file(cohort_path(&m.run));
+        let c = match r {
+            Ok(summary) => {
+                crate::store::write_json(&m.run.summary(), &summary)?;
+                crate::train::clear_resume(&m.run);
+                0
+            }
+            Err(e) => record_failure(&m.run, &e, previous)?,
+        };
+        if code == 0 {
+            code = c;
         }
     }
+    Ok(code)
 }
 
-fn exec_locked(run: &RunDir, spec: &crate::suite::RunSpec, data_dir: &Path, device: tch::Device) -> anyhow::Result<()> {
-    if !crate::train::resume_json(run).is_file() {
-        run.clear_partial()?;
+/// Writes a member's `status.json` and its log line; returns its exit status.
+fn record_failure(run: &RunDir, e: &anyhow::Error, previous: usize) -> anyhow::Result<i32> {
+    let (state, epoch, code) = match e.downcast_ref::<crate::train::Diverged>() {
+        Some(d) => ("diverged", Some(d.epoch), EXIT_DIVERGED),
+        None => ("failed", None, if crate::error::is_input_error(e) { 2 } else { 1 }),
+    };
+    let f = FailStatus { state: state.into(), error: format!("{e:#}"), epoch, attempt: previous + 1 };
+    crate::store::write_json(&status_path(run), &f)?;
+    if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(run.log()) {
+        use std::io::Write;
+        let _ = writeln!(log, "error: {e:#}");
     }
+    eprintln!("error: {}: {e:#}", run.path.display());
+    Ok(code)
+}
+
+/// `cohort.json`: the ids of the runs a running run trains with (removed when the child ends).
+fn cohort_path(run: &RunDir) -> PathBuf {
+    run.path.join("cohort.json")
+}
+
+/// The members of the cohort a running run belongs to (itself included), if it is in one.
+pub fn cohort_of(run: &RunDir) -> Option<Vec<String>> {
+    crate::store::read_json(&cohort_path(run)).ok()
+}
+
+fn exec_locked(members: &[crate::train::Member], data_dir: &Path, device: tch::Device) -> anyhow::Result<Vec<anyhow::Result<crate::store::Summary>>> {
+    let first = &members[0];
+    for m in members {
+        if !crate::train::resume_json(&m.run).is_file() {
+            m.run.clear_partial()?;
+        }
+        if m.spec.dataset != first.spec.dataset {
+            crate::input_bail!("runs {} and {} use different datasets and cannot train in one cohort", first.spec.id, m.spec.id);
+        }
+    }
+    // The cohort's teachers: those of its members that have any (they agree, or exec refuses).
+    let with_teachers = members.iter().find(|m| !m.spec.teachers.is_empty()).unwrap_or(first);
+    let spec = &with_teachers.spec;
     let data = crate::data::Dataset::load(&spec.dataset.name, data_dir, device)?;
     if data.fingerprint != spec.dataset.fingerprint {
         crate::input_bail!(
@@ -448,7 +581,18 @@ fn exec_locked(run: &RunDir, spec: &crate::suite::RunSpec, data_dir: &Path, devi
             spec.dataset.fingerprint
         );
     }
-    let teachers = spec.teachers.iter().map(|t| crate::train::load_teacher(t, run, &data, device)).collect::<anyhow::Result<Vec<_>>>()?;
+    let teachers = spec.teachers.iter().map(|t| crate::train::load_teacher(t, &with_teachers.run, &data, device)).collect::<anyhow::Result<Vec<_>>>()?;
+    for m in members {
+        write_env(m, &data, device)?;
+    }
+    Ok(crate::train::train_cohort(members, &data, device, &teachers, &mut |spec, p| {
+        println!("@epoch {} {} {} {:.4} {:.4} {:.0}", spec.id, p.epoch, p.epochs, p.test_top1, p.train_loss, p.images_per_s);
+    }))
+}
+
+/// `env.json`: where and with what a run trained (provenance), including its cohort.
+fn write_env(m: &crate::train::Member, data: &crate::data::Dataset, device: tch::Device) -> anyhow::Result<()> {
+    let spec = &m.spec;
     let mut env = serde_json::to_value(crate::env::Provenance::collect(device))?;
     env["dataset"] = serde_json::json!({"name": spec.dataset.name, "fingerprint": data.fingerprint, "source": data.source});
     let checkpoints: Vec<serde_json::Value> = spec
@@ -463,13 +607,10 @@ fn exec_locked(run: &RunDir, spec: &crate::suite::RunSpec, data_dir: &Path, devi
         env["teacher_checkpoint"] = first.clone();
         env["teacher_checkpoints"] = serde_json::Value::Array(checkpoints.clone());
     }
-    crate::store::write_json(&run.env(), &env)?;
-    let summary = crate::train::train(spec, run, &data, device, teachers, &mut |p| {
-        println!("@epoch {} {} {:.4} {:.4} {:.0}", p.epoch, p.epochs, p.test_top1, p.train_loss, p.images_per_s);
-    })?;
-    crate::store::write_json(&run.summary(), &summary)?;
-    crate::train::clear_resume(run);
-    Ok(())
+    if let Some(c) = cohort_of(&m.run) {
+        env["cohort"] = serde_json::json!(c);
+    }
+    crate::store::write_json(&m.run.env(), &env)
 }
 
 /// A run's state for `harness status`.
@@ -486,7 +627,11 @@ pub fn state_of(plan: &Plan, results: &Path, i: usize) -> (String, String) {
         .map(|e| format!("epoch {e}/{} done", r.spec.train.epochs))
         .unwrap_or_default();
     if crate::store::lock_holder_alive(&dir) {
-        return ("running".into(), progress);
+        let cohort = cohort_of(&dir).filter(|c| c.len() > 1).map(|c| {
+            let others: Vec<&str> = c.iter().filter(|id| **id != r.spec.id).map(|id| &id[..id.len().min(8)]).collect();
+            format!("; cohort of {} with {}", c.len(), others.join(", "))
+        });
+        return ("running".into(), format!("{progress}{}", cohort.unwrap_or_default()));
     }
     if let Some(f) = read_fail(&dir) {
         let at = f.epoch.map(|e| format!(" at epoch {e}")).unwrap_or_default();

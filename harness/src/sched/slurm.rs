@@ -33,6 +33,8 @@ pub struct Submit {
     pub threads: Option<usize>,
     /// Extra attempts inside a task for a run that fails (not for diverged runs).
     pub retries: usize,
+    /// Most runs per array task (one cohort); 1: one run per task.
+    pub cohort: usize,
     pub options: SlurmOptions,
 }
 
@@ -41,12 +43,47 @@ pub struct Submit {
 pub struct Job {
     pub job_id: String,
     pub level: usize,
-    /// Run ids by array index.
+    /// The level's run ids.
     pub runs: Vec<String>,
+    /// Positions in `runs` each array task trains as one cohort; empty (jobs written before
+    /// cohorts): task `i` trains `runs[i]`.
+    #[serde(default)]
+    pub tasks: Vec<Vec<usize>>,
     pub script: PathBuf,
     /// The sbatch arguments used, script last (to resubmit by hand or to audit).
     pub sbatch: Vec<String>,
     pub submitted_unix: u64,
+}
+
+impl Job {
+    fn task_count(&self) -> usize {
+        if self.tasks.is_empty() { self.runs.len() } else { self.tasks.len() }
+    }
+
+    /// (array index, run id) of every run.
+    fn run_tasks(&self) -> Vec<(usize, &String)> {
+        if self.tasks.is_empty() {
+            return self.runs.iter().enumerate().collect();
+        }
+        self.tasks.iter().enumerate().flat_map(|(t, m)| m.iter().filter_map(move |&p| self.runs.get(p).map(|id| (t, id)))).collect()
+    }
+}
+
+/// Groups a level's runs (plan indices) into cohorts of runs with equal [`crate::train::cohort_key`],
+/// up to `max` each, in plan order; positions refer to `idx`.
+fn cohorts(plan: &Plan, idx: &[usize], max: usize) -> Vec<Vec<usize>> {
+    let keys: Vec<Option<String>> = idx.iter().map(|&i| if max > 1 { crate::train::cohort_key(&plan.runs[i].spec) } else { None }).collect();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for p in 0..idx.len() {
+        let spec = |q: usize| &plan.runs[idx[q]].spec;
+        let fits = |c: &Vec<usize>| c.len() < max && keys[c[0]] == keys[p] && c.iter().all(|&q| crate::train::teachers_agree(spec(q), spec(p)));
+        let open = keys[p].as_ref().and_then(|_| out.iter().position(fits));
+        match open {
+            Some(c) => out[c].push(p),
+            None => out.push(vec![p]),
+        }
+    }
+    out
 }
 
 /// A Slurm array task as the queue (or the accounting database) reports it.
@@ -126,19 +163,20 @@ fn sh(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The batch script of one level: task `i` trains `runs[i]`.
-fn batch_script(suite: &str, level: usize, runs: &[PathBuf], exe: &Path, s: &Submit) -> String {
+/// The batch script of one level: task `i` trains the cohort `tasks[i]` (run directories).
+fn batch_script(suite: &str, level: usize, tasks: &[Vec<PathBuf>], exe: &Path, s: &Submit) -> String {
     let mut t = String::new();
     t.push_str("#!/bin/bash\n");
-    t.push_str(&format!("# kd-harness suite `{suite}`, DAG level {level}: one array task per run, written by `harness run --executor slurm`.\n"));
-    t.push_str("# Each task runs the local scheduler's child entry point (`harness exec`) on a run directory;\n");
-    t.push_str("# a requeued or resubmitted task resumes from the run's last completed epoch.\n");
-    t.push_str("RUNS=(\n");
-    for r in runs {
-        t.push_str(&format!("  {}\n", sh(&r.to_string_lossy())));
+    t.push_str(&format!("# kd-harness suite `{suite}`, DAG level {level}: one array task per cohort, written by `harness run --executor slurm`.\n"));
+    t.push_str("# Each task runs the local scheduler's child entry point (`harness exec`) on its run directories (a cohort\n");
+    t.push_str("# shares one data stream and the teachers' passes); a requeued or resubmitted task resumes every run\n# from its last completed epoch.\n");
+    t.push_str("case $SLURM_ARRAY_TASK_ID in\n");
+    for (i, runs) in tasks.iter().enumerate() {
+        let list: Vec<String> = runs.iter().map(|r| sh(&r.to_string_lossy())).collect();
+        t.push_str(&format!("  {i}) RUNS=({}) ;;\n", list.join(" ")));
     }
-    t.push_str(")\n");
-    t.push_str("RUN=${RUNS[$SLURM_ARRAY_TASK_ID]}\n");
+    t.push_str("  *) echo \"kd-harness: no cohort for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;\nesac\n");
+    t.push_str("RUN=${RUNS[0]}\n");
     match s.threads {
         Some(n) => t.push_str(&format!("THREADS={n}\n")),
         None => t.push_str("THREADS=${SLURM_CPUS_PER_TASK:-1}\n"),
@@ -154,7 +192,7 @@ fn batch_script(suite: &str, level: usize, runs: &[PathBuf], exe: &Path, s: &Sub
     t.push_str("echo \"slurm task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname) starts at unix time $(date +%s)\" >>\"$RUN/log.txt\"\n");
     t.push_str(&format!("for attempt in $(seq 1 {}); do\n", s.retries + 1));
     t.push_str(&format!(
-        "  {} exec \"$RUN\" --data-dir {} --device {device} --threads \"$THREADS\" 2>>\"$RUN/log.txt\"\n",
+        "  {} exec \"${{RUNS[@]}}\" --data-dir {} --device {device} --threads \"$THREADS\" 2>>\"$RUN/log.txt\"\n",
         sh(&exe.to_string_lossy()),
         sh(&s.data_dir.to_string_lossy())
     ));
@@ -202,14 +240,15 @@ pub fn submit(plan: &Plan, s: &Submit) -> anyhow::Result<Vec<Job>> {
     let depth = level.iter().flatten().max().map(|m| m + 1).unwrap_or(0);
     for l in 0..depth {
         let idx: Vec<usize> = (0..plan.runs.len()).filter(|&i| level[i] == Some(l)).collect();
-        let runs: Vec<PathBuf> = idx.iter().map(|&i| dirs[i].path.clone()).collect();
+        let tasks = cohorts(plan, &idx, s.cohort);
+        let task_dirs: Vec<Vec<PathBuf>> = tasks.iter().map(|c| c.iter().map(|&p| dirs[idx[p]].path.clone()).collect()).collect();
         let script = out.join(format!("level{l}.sh"));
-        crate::store::write_atomic(&script, batch_script(&plan.suite, l, &runs, &exe, s).as_bytes())?;
+        crate::store::write_atomic(&script, batch_script(&plan.suite, l, &task_dirs, &exe, s).as_bytes())?;
         let throttle = s.options.array_limit.map(|n| format!("%{n}")).unwrap_or_default();
         let mut args = vec![
             "--parsable".to_string(),
             format!("--job-name=kd-{}-L{l}", plan.suite),
-            format!("--array=0-{}{throttle}", runs.len() - 1),
+            format!("--array=0-{}{throttle}", tasks.len() - 1),
             format!("--output={}", out.join("%A_%a.out").display()),
         ];
         if let Some(prev) = new.last().map(|j: &Job| j.job_id.clone()) {
@@ -231,7 +270,8 @@ pub fn submit(plan: &Plan, s: &Submit) -> anyhow::Result<Vec<Job>> {
         if !o.status.success() || job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_digit()) {
             anyhow::bail!("sbatch {} failed ({}): {}{}", args.join(" "), o.status, String::from_utf8_lossy(&o.stderr).trim(), stdout.trim());
         }
-        let job = Job { job_id, level: l, runs: idx.iter().map(|&i| plan.runs[i].spec.id.clone()).collect(), script, sbatch: args, submitted_unix: now_unix() };
+        let runs = idx.iter().map(|&i| plan.runs[i].spec.id.clone()).collect();
+        let job = Job { job_id, level: l, runs, tasks, script, sbatch: args, submitted_unix: now_unix() };
         all.push(job.clone());
         new.push(job);
         // Recorded after every submission, so a failure at a later level loses no job id.
@@ -267,7 +307,7 @@ pub fn query(jobs: &[Job]) -> anyhow::Result<BTreeMap<String, TaskState>> {
         }
     };
     parse(&String::from_utf8_lossy(&o.stdout), &mut out);
-    let tasks = || jobs.iter().flat_map(|j| (0..j.runs.len()).map(move |i| format!("{}_{i}", j.job_id)));
+    let tasks = || jobs.iter().flat_map(|j| (0..j.task_count()).map(move |i| format!("{}_{i}", j.job_id)));
     let missing: Vec<String> = tasks().filter(|t| !out.contains_key(t)).collect();
     if !missing.is_empty() {
         // Without an accounting database sacct fails; the tasks are then simply gone.
@@ -293,7 +333,7 @@ pub fn run_tasks(results: &Path, suite: &str) -> anyhow::Result<BTreeMap<String,
     let states = query(&jobs)?;
     let mut out = BTreeMap::new();
     for j in &jobs {
-        for (i, id) in j.runs.iter().enumerate() {
+        for (i, id) in j.run_tasks() {
             if let Some(st) = states.get(&format!("{}_{i}", j.job_id)) {
                 out.insert(id.clone(), st.clone()); // later submissions overwrite earlier ones
             }
@@ -322,13 +362,13 @@ pub fn wait(plan: &Plan, jobs: &[Job], poll: Duration) -> anyhow::Result<()> {
             Err(e) => return Err(e.context("waiting for the suite's Slurm jobs (they keep running; `harness status` shows them)")),
         };
         for j in jobs {
-            for (i, id) in j.runs.iter().enumerate() {
+            for (i, id) in j.run_tasks() {
                 let Some(st) = states.get(&format!("{}_{i}", j.job_id)) else { continue };
-                if seen.get(&st.task) != Some(&st.state) {
+                if seen.get(&format!("{}/{id}", st.task)) != Some(&st.state) {
                     let label = plan.runs.iter().find(|r| &r.spec.id == id).map(|r| r.spec.label()).unwrap_or_default();
                     let why = if st.reason.is_empty() || st.reason == "None" { String::new() } else { format!(" ({})", st.reason) };
                     println!("slurm {:<10} {:<10} {id} {label}{why}", st.task, st.state);
-                    seen.insert(st.task.clone(), st.state.clone());
+                    seen.insert(format!("{}/{id}", st.task), st.state.clone());
                 }
             }
         }
@@ -345,7 +385,7 @@ pub fn cancel(results: &Path, suite: &str) -> anyhow::Result<Vec<String>> {
     let states = query(&jobs)?;
     let live: Vec<String> = jobs
         .iter()
-        .filter(|j| (0..j.runs.len()).any(|i| states.get(&format!("{}_{i}", j.job_id)).is_some_and(TaskState::active)))
+        .filter(|j| (0..j.task_count()).any(|i| states.get(&format!("{}_{i}", j.job_id)).is_some_and(TaskState::active)))
         .map(|j| j.job_id.clone())
         .collect();
     if live.is_empty() {

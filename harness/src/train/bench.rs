@@ -119,21 +119,21 @@ pub fn harness_images_per_s(o: &BenchOpts, data: &Dataset, with_data: bool) -> a
     let mut opt = Sgd::new(&student.vs, 0.05, 0.9, 5e-4, false);
     let info = distill::find("kd").context("kd is registered")?;
     let mut kd = info.instantiate(&info.defaults())?;
-    let (fx, fy, _) = data.train_batches(o.batch, true).next().context("the benchmark dataset is empty")??;
+    let (fx, fy, _) = data.train_batches(o.batch, true, 0).next().context("the benchmark dataset is empty")??;
     let fixed = (layout(fx), fy);
     let mut step = |x: &Tensor, y: &Tensor| -> anyhow::Result<()> {
         let t = [tch::no_grad(|| teacher.model.forward(x, false))];
         let s = student.model.forward(x, true);
         let terms = kd.losses(&Step::new(&s, &t, y, 1))?;
         let total = terms.iter().map(|(_, t)| t.shallow_clone()).reduce(|a, b| a + b).context("kd returned no terms")?;
-        opt.backward_step(&total);
+        opt.backward_step(&total)?;
         Ok(())
     };
     let mut timed = None;
     let mut done = 0usize;
     while done < o.warmup + o.steps {
         if with_data {
-            for batch in data.train_batches(o.batch, true) {
+            for batch in data.train_batches(o.batch, true, done as u64) {
                 let (x, y, _) = batch?;
                 if x.size()[0] != o.batch {
                     continue; // the last partial batch would change the work per step

@@ -159,11 +159,17 @@ pub fn label_order(data: &Dataset) -> Vec<i64> {
 }
 
 /// PrUE masks for a whole model over its conv weights, the model in eval mode (§6).
-pub fn prue_model(vs: &nn::VarStore, model: &dyn Model, data: &Dataset, sparsity: f64, batch: i64, augment: bool) -> anyhow::Result<(Masks, Option<f64>)> {
+/// Each pass over the data draws its own augmentation, from `seed` and the pass number.
+pub fn prue_model(vs: &nn::VarStore, model: &dyn Model, data: &Dataset, sparsity: f64, batch: i64, augment: bool, seed: u64) -> anyhow::Result<(Masks, Option<f64>)> {
     let named = prunable(vs, Scope::Conv);
     let weights: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
     let order = label_order(data);
-    let batches = || -> Batches<'_, (Tensor, Tensor)> { Box::new(data.batches_in_order(order.clone(), batch, augment).map(|b| b.map(|(x, y, _)| (x, y)))) };
+    let pass = std::cell::Cell::new(0u64);
+    let batches = || -> Batches<'_, (Tensor, Tensor)> {
+        pass.set(pass.get() + 1);
+        let s = crate::data::site_seed(seed, pass.get()) as u64;
+        Box::new(data.batches_in_order(order.clone(), batch, augment, s).map(|b| b.map(|(x, y, _)| (x, y))))
+    };
     let scores = prue_scores(&weights, &batches, data.info.classes, &|x| model.forward(x, false).logits)?;
     for w in &weights {
         let mut g = w.grad();

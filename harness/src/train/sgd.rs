@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context;
 use tch::{Tensor, nn};
 
 pub struct Sgd {
@@ -52,15 +53,16 @@ impl Sgd {
     }
 
     /// Backpropagates `loss` and applies one update to the active groups.
-    pub fn backward_step(&mut self, loss: &Tensor) {
+    pub fn backward_step(&mut self, loss: &Tensor) -> anyhow::Result<()> {
         self.zero_grad();
-        loss.backward();
-        self.step();
+        loss.f_backward()?;
+        self.step()
     }
 
-    pub fn step(&mut self) {
+    /// One update; a failed in-place operation is an error, never a silently skipped update.
+    pub fn step(&mut self) -> anyhow::Result<()> {
         tch::no_grad(|| {
-            for (i, (_, p, g)) in self.params.iter_mut().enumerate() {
+            for (i, (name, p, g)) in self.params.iter_mut().enumerate() {
                 if !self.active[*g] {
                     continue;
                 }
@@ -68,37 +70,44 @@ impl Sgd {
                 if !grad.defined() {
                     continue;
                 }
-                let mut d = if self.wd != 0.0 { &grad + &*p * self.wd } else { grad };
-                if self.momentum != 0.0 {
-                    let buf = match self.bufs[i].take() {
-                        None => d.copy(),
+                let update = |d: Tensor, buf: Option<Tensor>| -> Result<(Tensor, Option<Tensor>), tch::TchError> {
+                    if self.momentum == 0.0 {
+                        return Ok((d, None));
+                    }
+                    let buf = match buf {
+                        None => d.f_detach_copy()?,
                         Some(mut b) => {
-                            let _ = b.f_mul_scalar_(self.momentum);
-                            let _ = b.f_add_(&d);
+                            let _ = b.f_mul_scalar_(self.momentum)?;
+                            let _ = b.f_add_(&d)?;
                             b
                         }
                     };
-                    d = if self.nesterov { d + &buf * self.momentum } else { buf.shallow_clone() };
-                    self.bufs[i] = Some(buf);
-                }
-                let _ = p.f_sub_(&(d * (self.lr * self.scales[*g])));
+                    let d = if self.nesterov { d.f_add(&buf.f_mul_scalar(self.momentum)?)? } else { buf.shallow_clone() };
+                    Ok((d, Some(buf)))
+                };
+                let d = if self.wd != 0.0 { grad.f_add(&p.f_mul_scalar(self.wd)?)? } else { grad };
+                let (d, buf) = update(d, self.bufs[i].take()).map_err(|e| anyhow::anyhow!("SGD momentum update of {name}: {e}"))?;
+                self.bufs[i] = buf;
+                let _ = p.f_sub_(&d.f_mul_scalar(self.lr * self.scales[*g])?).map_err(|e| anyhow::anyhow!("SGD update of {name}: {e}"))?;
             }
+            Ok(())
         })
     }
 
     /// Keeps pruned weights dead (spec §10): zeroes the masked entries of each named parameter
     /// (store prefix included) and of its momentum buffer, so neither weight decay nor momentum
     /// accumulated before the mask can resurrect them at the next step.
-    pub fn apply_masks(&mut self, masks: &std::collections::BTreeMap<String, Tensor>) {
+    pub fn apply_masks(&mut self, masks: &std::collections::BTreeMap<String, Tensor>) -> anyhow::Result<()> {
         tch::no_grad(|| {
             for (i, (n, p, _)) in self.params.iter_mut().enumerate() {
                 if let Some(m) = masks.get(n) {
-                    let _ = p.f_mul_(m);
+                    let _ = p.f_mul_(m).with_context(|| format!("applying the pruning mask of {n}"))?;
                     if let Some(b) = self.bufs[i].as_mut() {
-                        let _ = b.f_mul_(m);
+                        let _ = b.f_mul_(m).with_context(|| format!("masking the momentum of {n}"))?;
                     }
                 }
             }
+            Ok(())
         })
     }
 
@@ -107,14 +116,28 @@ impl Sgd {
         self.params.iter().zip(&self.bufs).filter_map(|((n, _, _), b)| b.as_ref().map(|b| (format!("momentum.{n}"), b.shallow_clone()))).collect()
     }
 
-    /// Restores buffers saved by [`Sgd::state`]; mis-shaped entries are an error.
+    /// Checks buffers saved by [`Sgd::state`] without loading them: shapes and dtypes match the
+    /// parameters, values are finite.
+    pub fn check_state(&self, saved: &BTreeMap<String, Tensor>) -> anyhow::Result<()> {
+        for (n, p, _) in &self.params {
+            if let Some(b) = saved.get(&format!("momentum.{n}")) {
+                if b.size() != p.size() || b.kind() != p.kind() {
+                    anyhow::bail!("momentum buffer for {n} is {:?} {:?}, parameter {:?} {:?}", b.kind(), b.size(), p.kind(), p.size());
+                }
+                if b.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+                    anyhow::bail!("momentum buffer for {n} holds NaN or infinite values");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores buffers saved by [`Sgd::state`] (checked first with [`Sgd::check_state`]).
     pub fn load_state(&mut self, saved: &BTreeMap<String, Tensor>) -> anyhow::Result<()> {
+        self.check_state(saved)?;
         for (i, (n, p, _)) in self.params.iter().enumerate() {
             if let Some(b) = saved.get(&format!("momentum.{n}")) {
-                if b.size() != p.size() {
-                    anyhow::bail!("momentum buffer for {n} has shape {:?}, parameter {:?}", b.size(), p.size());
-                }
-                self.bufs[i] = Some(b.to_device(p.device()).to_kind(p.kind()));
+                self.bufs[i] = Some(b.f_to_device(p.device())?);
             }
         }
         Ok(())

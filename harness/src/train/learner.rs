@@ -1,0 +1,411 @@
+//! One run inside a cohort: its network (and online peers), method, optimiser, record, resume
+//! state and run directory. The cohort hands it shared batches and teacher outputs; everything
+//! random it draws itself comes from its own seeded streams.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Context;
+use tch::{Device, Kind, Tensor, nn};
+
+use super::record::{EpochResult, EpochSums, History, images_per_s};
+use super::resume::{self, Loaded, ResumeState, Stores};
+use super::{Net, Progress, Teacher, build, build_widths, dense_argmax, evaluate, prune, sgd, stream_seed, test_logits, widths_from_pruned};
+use crate::data::{Dataset, Mixup, site_seed};
+use crate::distill::{self, Distiller, Step, metrics};
+use crate::models::{self, ModelCfg, Output};
+use crate::store::{RunDir, Summary};
+use crate::suite::RunSpec;
+
+/// What a method asks of the loop, read once at set-up (the method's declarations, never
+/// re-checked inline). The first three shape the data stream and the teachers' passes, so they
+/// decide whether a run can share them with other runs ([`Caps::shares_stream`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Caps {
+    /// Mixed inputs (the method's own mixup, else the recipe's).
+    pub mixup: Option<Mixup>,
+    /// Same-class images per anchor (BAKE's sampler); 0 = plain shuffling.
+    pub group: usize,
+    /// Teachers in train mode (SOKD): their BN statistics move.
+    pub teacher_train: bool,
+    /// Dense classifier votes with this upsampling (Zipf LS).
+    pub dense: Option<i64>,
+    /// Learning-rate scale of online peers.
+    pub peer_scale: f64,
+}
+
+impl Caps {
+    pub fn of(d: &dyn Distiller, spec: &RunSpec) -> Caps {
+        Caps {
+            mixup: d.mixup().or_else(|| spec.train.mixup()),
+            group: d.same_class_per_anchor(),
+            teacher_train: d.teacher_train_mode(),
+            dense: d.dense_votes(),
+            peer_scale: d.peer_lr().unwrap_or(1.0),
+        }
+    }
+
+    /// Whether the run sees the plain shared stream (shuffled batches, teachers in eval mode).
+    pub fn shares_stream(&self) -> bool {
+        self.mixup.is_none() && self.group == 0 && !self.teacher_train
+    }
+}
+
+/// The method named by a spec, with its parameters.
+pub fn distiller_of(spec: &RunSpec) -> anyhow::Result<Box<dyn Distiller>> {
+    let info = distill::find(&spec.method).ok_or_else(|| anyhow::anyhow!("unknown method {}", spec.method))?;
+    let need = match info.teachers {
+        distill::Teachers::None | distill::Teachers::Peers => 0..=0,
+        distill::Teachers::One => 1..=1,
+        distill::Teachers::Many => 2..=usize::MAX,
+    };
+    if !need.contains(&spec.teachers.len()) {
+        anyhow::bail!("method {} got {} teacher(s)", spec.method, spec.teachers.len());
+    }
+    info.instantiate(&spec.params)
+}
+
+/// One batch as the cohort hands it to every learner.
+pub struct Batch<'a> {
+    pub x: &'a Tensor,
+    pub y: &'a Tensor,
+    /// Mixed soft targets (mixup).
+    pub soft: Option<&'a Tensor>,
+    pub idx: &'a Tensor,
+    /// Position in the epoch (the learner's method draws at site `(stream, index)`).
+    pub index: u64,
+    pub teachers: &'a [Output],
+}
+
+pub struct Learner {
+    pub spec: RunSpec,
+    pub run: RunDir,
+    pub caps: Caps,
+    log: std::fs::File,
+    distiller: Box<dyn Distiller>,
+    net: Net,
+    peers: Vec<Net>,
+    aux: nn::VarStore,
+    opt: sgd::Sgd,
+    masks: Option<prune::Masks>,
+    widths: Option<Vec<i64>>,
+    param_count: i64,
+    /// First epoch still to train (after a resume: the one after the saved state).
+    pub first_epoch: u32,
+    history: History,
+    sums: Option<EpochSums>,
+    final_stats: (metrics::OutputStats, metrics::Reliability),
+    peers_last: Vec<f64>,
+    started: Instant,
+}
+
+impl Learner {
+    /// Set-up: the network from the run's init stream, a pruning stage's parent and masks, the
+    /// online peers, the method's modules (from one probe forward), the optimiser, and the resume
+    /// state if there is one.
+    pub fn new(spec: &RunSpec, run: &RunDir, data: &Dataset, device: Device, teachers: &[Teacher]) -> anyhow::Result<Learner> {
+        let started = Instant::now();
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.log()).with_context(|| format!("opening {}", run.log().display()))?;
+        let mut distiller = distiller_of(spec)?;
+        let caps = Caps::of(distiller.as_ref(), spec);
+        // Prune-then-distill's student formed from the pruned teacher: widths from its non-zeros.
+        let widths = match spec.student_from_teacher {
+            true => {
+                let t = teachers.first().context("a student formed from its teacher needs the teacher")?;
+                let w = widths_from_pruned(&t.net.vs, data.info.shape.0)?;
+                writeln!(log, "student formed from the pruned teacher: conv widths {w:?}")?;
+                Some(w)
+            }
+            false => None,
+        };
+        let (net, masks, peers) = init_nets(spec, run, data, device, widths.as_deref(), &mut log)?;
+        let aux = nn::VarStore::new(device);
+        init_modules(distiller.as_mut(), spec, data, &net, &aux, teachers)?;
+        let channels_last = crate::env::channels_last();
+        if channels_last {
+            for vs in std::iter::once(&net.vs).chain(peers.iter().map(|p| &p.vs)).chain([&aux]) {
+                models::vs_channels_last(vs);
+            }
+        }
+        let param_count = models::param_count(&net.vs);
+        let opt = optimiser(&net, &aux, &peers, caps.peer_scale, &spec.train);
+        let mut l = Learner {
+            spec: spec.clone(),
+            run: run.clone(),
+            caps,
+            log,
+            distiller,
+            net,
+            peers,
+            aux,
+            opt,
+            masks,
+            widths,
+            param_count,
+            first_epoch: 1,
+            history: History::new(),
+            sums: None,
+            final_stats: Default::default(),
+            peers_last: vec![],
+            started,
+        };
+        l.resume(teachers)?;
+        writeln!(l.log, "run {} — {} params, device {device:?}, epochs {}..={}", spec.id, l.param_count, l.first_epoch, spec.train.epochs)?;
+        Ok(l)
+    }
+
+    /// Continues from the saved state, if any. An unusable state (checked before anything is
+    /// loaded) costs the progress, never correctness: the run starts over.
+    fn resume(&mut self, teachers: &[Teacher]) -> anyhow::Result<()> {
+        let stores = stores_of(&self.net, &self.aux, &self.peers, if self.caps.teacher_train { teachers } else { &[] });
+        match resume::load(&self.run, &self.spec.id, self.spec.train.epochs, &stores, &mut self.opt)? {
+            Loaded::Resumed(st) => {
+                writeln!(self.log, "resuming run {} after epoch {}", self.spec.id, st.epoch)?;
+                self.first_epoch = st.epoch + 1;
+                self.history = st.history;
+            }
+            Loaded::None => {}
+            Loaded::Unusable(e) => {
+                writeln!(self.log, "ignoring unusable resume state ({e:#}); starting from epoch 1")?;
+                resume::clear_resume(&self.run);
+            }
+        }
+        Ok(())
+    }
+
+    /// Start of an epoch: the learning rate of the schedule, fresh sums.
+    pub fn begin_epoch(&mut self, epoch: u32, device: Device) {
+        self.opt.lr = self.spec.train.lr_at(epoch);
+        self.sums = Some(EpochSums::new(device));
+    }
+
+    /// One training step on a shared batch.
+    pub fn step(&mut self, b: &Batch<'_>, epoch: u32) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        // The method's own randomness (CRD's negatives, ...) from the run's method stream.
+        tch::manual_seed(site_seed(stream_seed(self.spec.seed, "method", epoch), b.index));
+        let s_out = self.net.model.forward(b.x, true);
+        let p_out: Vec<Output> = self.peers.iter().map(|p| p.model.forward(b.x, true)).collect();
+        let votes = match self.caps.dense {
+            Some(up) => Some(dense_argmax(self.net.model.as_ref(), &s_out, up)?),
+            None => None,
+        };
+        let step = Step {
+            student: &s_out,
+            teachers: b.teachers,
+            peers: &p_out,
+            labels: b.y,
+            soft_targets: b.soft,
+            dense_argmax: votes.as_ref(),
+            indices: Some(b.idx),
+            label_smoothing: self.spec.train.label_smoothing,
+            epoch,
+        };
+        let terms = self.distiller.losses(&step)?;
+        let total = terms.iter().map(|(_, t)| t.shallow_clone()).reduce(|a, t| a + t).with_context(|| format!("method {} returned no loss terms", self.spec.method))?;
+        let step_peers = self.distiller.step_peers();
+        for g in 2..2 + self.peers.len() {
+            self.opt.set_active(g, step_peers);
+        }
+        self.opt.backward_step(&total)?;
+        if let Some(m) = &self.masks {
+            self.opt.apply_masks(m)?;
+        }
+        let sums = self.sums.as_mut().context("step outside an epoch")?;
+        sums.add(&terms, &total, &s_out.logits, b.y);
+        sums.seconds += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Adds time spent for this learner outside its steps (its share of the cohort's data and
+    /// teacher passes).
+    pub fn add_shared_time(&mut self, seconds: f64) {
+        if let Some(s) = self.sums.as_mut() {
+            s.seconds += seconds;
+        }
+    }
+
+    /// End of an epoch: divergence check, evaluation, the record, `metrics.csv` and the resume
+    /// state. `teacher_test`: the teachers' (ensembled) test logits, computed once per cohort.
+    pub fn end_epoch(&mut self, epoch: u32, data: &Dataset, teachers: &[Teacher], teacher_test: Option<&Tensor>) -> anyhow::Result<Progress> {
+        let sums = self.sums.take().context("end of an epoch that did not begin")?;
+        let (train_loss, terms, train_top1) = sums.means();
+        if !train_loss.is_finite() {
+            writeln!(self.log, "epoch {epoch}: training loss is {train_loss}; stopping")?;
+            return Err(super::Diverged { epoch, loss: train_loss }.into());
+        }
+        let logits = test_logits(self.net.model.as_ref(), data)?;
+        let test = evaluate(&logits, &data.test_y);
+        let epochs = self.spec.train.epochs;
+        if epoch == epochs {
+            let y = data.test_y.to_device(Device::Cpu);
+            self.final_stats = (metrics::output_stats(&logits, &y), metrics::reliability(&logits, &y, 15));
+        }
+        let (agreement, pred_kl) = match teacher_test {
+            Some(tl) => (Some(metrics::agreement(&logits, tl)), Some(metrics::predictive_kl(&logits, tl))),
+            None => (None, None),
+        };
+        // Online peers are evaluated like the network itself; method statistics are logged too.
+        self.peers_last =
+            self.peers.iter().map(|p| Ok(evaluate(&test_logits(p.model.as_ref(), data)?, &data.test_y).top1)).collect::<anyhow::Result<_>>()?;
+        let stats = self.distiller.epoch_stats();
+        let lr = self.opt.lr;
+        self.history.record(&EpochResult {
+            epoch,
+            lr,
+            train_loss,
+            terms: &terms,
+            train_top1,
+            test,
+            agreement,
+            pred_kl,
+            seconds: sums.seconds,
+            seen: sums.seen,
+            peer_top1: &self.peers_last,
+            stats: &stats,
+        });
+        self.history.write_csv(&self.run)?;
+        if epoch < epochs {
+            let mut history = self.history.clone();
+            history.elapsed += self.started.elapsed().as_secs_f64();
+            let st = ResumeState { id: self.spec.id.clone(), epoch, file: format!("resume-e{epoch}.safetensors"), history };
+            let moving = if self.caps.teacher_train { teachers } else { &[] };
+            resume::save(&self.run, &stores_of(&self.net, &self.aux, &self.peers, moving), &self.opt, &st)?;
+        }
+        writeln!(
+            self.log,
+            "epoch {epoch}/{epochs}: lr {lr} train_loss {train_loss:.4} test_top1 {:.4} test_loss {:.4} ({:.1}s)",
+            test.top1, test.loss, sums.seconds
+        )?;
+        Ok(Progress { epoch, epochs, test_top1: test.top1, train_loss, images_per_s: images_per_s(sums.seen, sums.seconds) })
+    }
+
+    /// After the last epoch: the model files, a pruning stage's measured sparsity, the summary.
+    pub fn finish(self, teacher_top1: Option<f64>) -> anyhow::Result<Summary> {
+        let run = &self.run;
+        let spec = &self.spec;
+        if spec.save_model || spec.prune.is_some() {
+            models::checkpoint::save_atomic(&self.net.vs, &run.model())?;
+        }
+        if spec.save_model {
+            for (k, p) in self.peers.iter().enumerate() {
+                models::checkpoint::save_atomic(&p.vs, &run.path.join(format!("peer{k}.safetensors")))?;
+            }
+        }
+        let pruned = match &spec.prune {
+            Some(stage) => Some(prune_summary(stage, run, self.log)?),
+            None => None,
+        };
+        let h = &self.history;
+        let last = h.last_eval();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Ok(Summary {
+            id: spec.id.clone(),
+            epochs: spec.train.epochs,
+            best_top1: h.best_top1,
+            best_epoch: h.best_epoch,
+            last_top1: last.top1,
+            last_top5: last.top5,
+            last_ece: last.ece,
+            last_test_loss: last.loss,
+            agreement: h.agreement,
+            pred_kl: h.pred_kl,
+            teacher_top1,
+            output_stats: self.final_stats.0,
+            reliability: self.final_stats.1,
+            peers_last_top1: self.peers_last,
+            peers_best_top1: h.peers_best.clone(),
+            param_count: self.param_count,
+            wall_time_s: h.elapsed + self.started.elapsed().as_secs_f64(),
+            images_per_s: images_per_s(h.images, h.train_time),
+            finished_unix: now,
+            pruned,
+            student_widths: self.widths,
+        })
+    }
+}
+
+/// The stores a run's state holds, with their name prefixes. Teachers are included only when they
+/// run in train mode (SOKD): their BN statistics then move.
+fn stores_of<'a>(net: &'a Net, aux: &'a nn::VarStore, peers: &'a [Net], moving_teachers: &'a [Teacher]) -> Stores<'a> {
+    let mut v = vec![("model.".to_string(), &net.vs), ("aux.".to_string(), aux)];
+    v.extend(peers.iter().enumerate().map(|(k, p)| (format!("peer{k}."), &p.vs)));
+    v.extend(moving_teachers.iter().enumerate().map(|(k, t)| (format!("teacher{k}."), &t.net.vs)));
+    v
+}
+
+/// The network (from the run's init stream), a pruning stage's start, and the online peers
+/// (initialised right after the network, from the same stream).
+fn init_nets(
+    spec: &RunSpec,
+    run: &RunDir,
+    data: &Dataset,
+    device: Device,
+    widths: Option<&[i64]>,
+    log: &mut std::fs::File,
+) -> anyhow::Result<(Net, Option<prune::Masks>, Vec<Net>)> {
+    tch::manual_seed(stream_seed(spec.seed, "init", 0) as i64);
+    let mut net = match widths {
+        Some(w) => build_widths(&spec.model, data, device, w)?,
+        None => build(&spec.model, data, device)?,
+    };
+    // A pruning stage starts from its parent's weights, pruned; the masks stay fixed from here on.
+    let masks = match &spec.prune {
+        Some(stage) => Some(super::stage::start_pruned(stage, spec, run, data, device, &mut net, log)?),
+        None => None,
+    };
+    let peers = spec.peers.iter().map(|m| build(m, data, device)).collect::<anyhow::Result<_>>()?;
+    Ok((net, masks, peers))
+}
+
+/// The method's own trainable modules (e.g. FitNet's regressor) live in a second store, built
+/// from one probe forward, so the model's checkpoint keeps exactly the PyTorch state-dict names.
+fn init_modules(d: &mut dyn Distiller, spec: &RunSpec, data: &Dataset, net: &Net, aux: &nn::VarStore, teachers: &[Teacher]) -> anyhow::Result<()> {
+    let probe = data.probe(spec.train.batch_size.min(2) as i64)?;
+    let (s, t) = tch::no_grad(|| (net.model.forward(&probe, false), teachers.iter().map(|t| t.net.model.forward(&probe, false)).collect::<Vec<_>>()));
+    d.set_train_labels(&data.train_y);
+    let tnames: Vec<String> = spec.teachers.iter().map(|t| t.model().to_string()).collect();
+    d.set_models(&spec.model, &tnames, ModelCfg { in_channels: data.info.shape.0, num_classes: data.info.classes });
+    d.init_modules(&aux.root(), &s, &t)
+}
+
+/// One SGD over the network (group 0), the method's modules (group 1) and the online peers
+/// (groups 2.., at `peer_scale` times the lr).
+fn optimiser(net: &Net, aux: &nn::VarStore, peers: &[Net], peer_scale: f64, r: &crate::suite::Recipe) -> sgd::Sgd {
+    let prefixes: Vec<String> = (0..peers.len()).map(|k| format!("peer{k}.")).collect();
+    let mut stores: Vec<(&str, &nn::VarStore, f64)> = vec![("", &net.vs, 1.0), ("aux.", aux, 1.0)];
+    stores.extend(peers.iter().zip(&prefixes).map(|(p, pre)| (pre.as_str(), &p.vs, peer_scale)));
+    sgd::Sgd::over(&stores, r.lr, r.momentum, r.weight_decay, r.nesterov)
+}
+
+/// Sparsity of a pruning stage, measured from the saved weights, never taken from the request.
+fn prune_summary(stage: &crate::suite::spec::PruneStage, run: &RunDir, mut log: std::fs::File) -> anyhow::Result<crate::store::PruneSummary> {
+    let measured = prune::measure(&run.model(), super::stage_scope(stage))?;
+    writeln!(
+        log,
+        "pruned {} round {}/{}: measured sparsity {:.6} ({} of {} weights zero)",
+        stage.method, stage.round, stage.rounds, measured.sparsity, measured.zeros, measured.prunable
+    )?;
+    Ok(crate::store::PruneSummary {
+        method: stage.method.clone(),
+        round: stage.round,
+        rounds: stage.rounds,
+        target: stage.target,
+        parent: stage.parent.clone(),
+        measured,
+    })
+}
+
+/// The teachers' test predictions, fixed for the whole run: one teacher's logits, or several
+/// teachers' ensemble (the log of the averaged probabilities).
+pub fn teacher_test_logits(teachers: &[Teacher], data: &Dataset) -> anyhow::Result<Option<Tensor>> {
+    Ok(match teachers.len() {
+        0 => None,
+        1 => Some(test_logits(teachers[0].net.model.as_ref(), data)?),
+        k => {
+            let lps: Vec<Tensor> =
+                teachers.iter().map(|t| Ok(test_logits(t.net.model.as_ref(), data)?.log_softmax(1, Kind::Float))).collect::<anyhow::Result<_>>()?;
+            Some(Tensor::stack(&lps, 0).logsumexp([0i64].as_slice(), false) - (k as f64).ln())
+        }
+    })
+}

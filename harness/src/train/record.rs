@@ -1,0 +1,170 @@
+//! What a run records: per-batch sums kept on the device (one host sync per epoch), the
+//! per-epoch rows of `metrics.csv`, and the running bests that end up in `summary.json`.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::Eval;
+use crate::store::RunDir;
+
+/// Sums of one epoch's training steps, on the device.
+pub struct EpochSums {
+    names: Vec<&'static str>,
+    terms: Vec<Tensor>,
+    total: Tensor,
+    correct: Tensor,
+    pub seen: i64,
+    /// Seconds spent on this run's steps (plus its share of the cohort's data and teacher time).
+    pub seconds: f64,
+}
+
+impl EpochSums {
+    pub fn new(device: Device) -> EpochSums {
+        EpochSums {
+            names: vec![],
+            terms: vec![],
+            total: Tensor::zeros([], (Kind::Float, device)),
+            correct: Tensor::zeros([], (Kind::Int64, device)),
+            seen: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// Adds one step: its named loss terms, their sum, and the student's logits against `y`.
+    pub fn add(&mut self, terms: &[(&'static str, Tensor)], total: &Tensor, logits: &Tensor, y: &Tensor) {
+        let bs = y.size()[0];
+        if self.names.is_empty() {
+            self.names = terms.iter().map(|(n, _)| *n).collect();
+            self.terms = terms.iter().map(|_| Tensor::zeros([], (Kind::Float, self.total.device()))).collect();
+        }
+        for (s, (_, t)) in self.terms.iter_mut().zip(terms) {
+            *s += t.detach().to_kind(Kind::Float) * bs as f64;
+        }
+        self.total += total.detach().to_kind(Kind::Float) * bs as f64;
+        self.correct += logits.detach().argmax(1, false).eq_tensor(y).sum(Kind::Int64);
+        self.seen += bs;
+    }
+
+    /// (mean total loss, mean of each term, training top-1): the epoch's one host sync.
+    pub fn means(&self) -> (f64, Vec<(&'static str, f64)>, f64) {
+        let n = self.seen.max(1) as f64;
+        let terms = self.names.iter().zip(&self.terms).map(|(name, s)| (*name, s.double_value(&[]) / n)).collect();
+        (self.total.double_value(&[]) / n, terms, self.correct.int64_value(&[]) as f64 / n)
+    }
+}
+
+/// A run's record across epochs; saved in `resume.json` after every epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct History {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub best_top1: f64,
+    pub best_epoch: u32,
+    /// Last epoch's test loss, top-1, top-5, ECE (`None` for non-finite values).
+    pub last: [Option<f64>; 4],
+    pub agreement: Option<f64>,
+    pub pred_kl: Option<f64>,
+    pub train_time: f64,
+    pub images: i64,
+    pub elapsed: f64,
+    #[serde(default)]
+    pub peers_best: Vec<f64>,
+}
+
+fn fin(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// One epoch's evaluated results, ready to be recorded.
+pub struct EpochResult<'a> {
+    pub epoch: u32,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub terms: &'a [(&'static str, f64)],
+    pub train_top1: f64,
+    pub test: Eval,
+    pub agreement: Option<f64>,
+    pub pred_kl: Option<f64>,
+    pub seconds: f64,
+    pub seen: i64,
+    pub peer_top1: &'a [f64],
+    pub stats: &'a [(&'static str, f64)],
+}
+
+impl History {
+    pub fn new() -> History {
+        History { best_top1: f64::NEG_INFINITY, last: [None, Some(0.0), Some(0.0), Some(0.0)], ..Default::default() }
+    }
+
+    /// The last epoch's test metrics.
+    pub fn last_eval(&self) -> Eval {
+        let l = &self.last;
+        Eval { loss: l[0].unwrap_or(f64::NAN), top1: l[1].unwrap_or(0.0), top5: l[2].unwrap_or(0.0), ece: l[3].unwrap_or(0.0) }
+    }
+
+    /// Records an epoch: bests, last values, and its `metrics.csv` row (the header is fixed by
+    /// the first epoch recorded).
+    pub fn record(&mut self, e: &EpochResult<'_>) {
+        let t = &e.test;
+        self.last = [fin(t.loss), fin(t.top1), fin(t.top5), fin(t.ece)];
+        if t.top1 > self.best_top1 {
+            self.best_top1 = t.top1;
+            self.best_epoch = e.epoch;
+        }
+        if e.agreement.is_some() {
+            self.agreement = e.agreement;
+            self.pred_kl = e.pred_kl;
+        }
+        for (k, v) in e.peer_top1.iter().enumerate() {
+            if self.peers_best.len() <= k {
+                self.peers_best.push(*v);
+            }
+            self.peers_best[k] = self.peers_best[k].max(*v);
+        }
+        self.train_time += e.seconds;
+        self.images += e.seen;
+        if self.header.is_empty() {
+            self.header = ["epoch", "lr", "train_loss"].iter().map(|s| s.to_string()).collect();
+            self.header.extend(e.terms.iter().map(|(n, _)| format!("train_{n}")));
+            self.header.extend(
+                ["train_top1", "test_loss", "test_top1", "test_top5", "test_ece", "agreement", "pred_kl", "epoch_time_s", "images_per_s"]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            self.header.extend((0..e.peer_top1.len()).map(|k| format!("peer{k}_top1")));
+            self.header.extend(e.stats.iter().map(|(n, _)| n.to_string()));
+        }
+        let opt = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
+        let mut row = vec![e.epoch.to_string(), format!("{}", e.lr), format!("{}", e.train_loss)];
+        row.extend(e.terms.iter().map(|(_, v)| format!("{v}")));
+        row.extend([
+            format!("{}", e.train_top1),
+            format!("{}", t.loss),
+            format!("{}", t.top1),
+            format!("{}", t.top5),
+            format!("{}", t.ece),
+            opt(e.agreement),
+            opt(e.pred_kl),
+            format!("{:.3}", e.seconds),
+            format!("{:.1}", images_per_s(e.seen, e.seconds)),
+        ]);
+        row.extend(e.peer_top1.iter().map(|v| format!("{v}")));
+        row.extend(e.stats.iter().map(|(_, v)| format!("{v}")));
+        self.rows.push(row);
+    }
+
+    /// Writes `metrics.csv` (atomically) from the rows so far.
+    pub fn write_csv(&self, run: &RunDir) -> anyhow::Result<()> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&self.header)?;
+        for r in &self.rows {
+            w.write_record(r)?;
+        }
+        let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
+        crate::store::write_atomic(&run.metrics(), &bytes)
+    }
+}
+
+pub fn images_per_s(images: i64, seconds: f64) -> f64 {
+    images as f64 / seconds.max(1e-9)
+}
