@@ -128,17 +128,20 @@ pub fn train_cohort(
 ) -> Vec<anyhow::Result<Summary>> {
     let mut s = Slots { live: members.iter().map(|_| None).collect(), done: members.iter().map(|_| None).collect() };
     prepare_device(device, teachers);
+    // The teachers as loaded (before a resumed SOKD member restores its moved BN statistics).
+    let (teacher_test, teacher_top1) = match teacher_predictions(teachers, data) {
+        Ok(v) => v,
+        Err(e) => return members.iter().map(|_| Err(shared_error(&e))).collect(),
+    };
     for (i, m) in members.iter().enumerate() {
         match guarded(|| Learner::new(&m.spec, &m.run, data, device, own(&m.spec, teachers))) {
             Ok(l) => s.live[i] = Some(l),
             Err(e) => s.fail(i, e),
         }
     }
-    let predictions = check_stream(&s).and_then(|_| teacher_predictions(teachers, data));
-    let (teacher_test, teacher_top1) = match predictions {
-        Ok(v) => v,
-        Err(e) => return members.iter().map(|_| Err(shared_error(&e))).collect(),
-    };
+    if let Err(e) = check_stream(&s) {
+        return members.iter().map(|_| Err(shared_error(&e))).collect();
+    }
     let stream = s.live.iter().flatten().next().map(Stream::of);
     if let Some(stream) = stream {
         let first = s.live.iter().flatten().map(|l| l.first_epoch).min().unwrap_or(1);
