@@ -408,7 +408,7 @@ pub fn train(
     };
     let mut teacher_top1 = if teachers.len() == 1 { teachers[0].top1 } else { None };
     if let (Some(tl), None) = (&teacher_test, teacher_top1) {
-        teacher_top1 = Some(evaluate(tl, &data.test_y).top1);
+        teacher_top1 = Some(100.0 * evaluate(tl, &data.test_y).top1); // percent, as read from a teacher's summary
     }
     let mixup = distiller.mixup().or_else(|| r.mixup());
     let group = distiller.same_class_per_anchor();
@@ -586,17 +586,17 @@ pub fn train(
         let opt_s = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
         let ips = seen as f64 / epoch_train_s.max(1e-9);
         row.extend([
-            format!("{train_top1}"),
+            format!("{}", 100.0 * train_top1), // accuracies in percent (results schema 2)
             format!("{}", last.loss),
-            format!("{}", last.top1),
-            format!("{}", last.top5),
-            format!("{}", last.ece),
-            opt_s(agreement),
+            format!("{}", 100.0 * last.top1),
+            format!("{}", 100.0 * last.top5),
+            format!("{}", 100.0 * last.ece),
+            opt_s(agreement.map(|a| 100.0 * a)),
             opt_s(pred_kl),
             format!("{epoch_train_s:.3}"),
             format!("{ips:.1}"),
         ]);
-        row.extend(peer_top1.iter().map(|v| format!("{v}")));
+        row.extend(peer_top1.iter().map(|v| format!("{}", 100.0 * v)));
         row.extend(stats.iter().map(|(_, v)| format!("{v}")));
         rows.push(row);
         write_csv(run, &header, &rows)?;
@@ -660,19 +660,19 @@ pub fn train(
     Ok(Summary {
         id: spec.id.clone(),
         epochs: r.epochs,
-        best_top1,
+        best_top1: 100.0 * best_top1, // accuracies and ECE in percent (results schema 2)
         best_epoch,
-        last_top1: last.top1,
-        last_top5: last.top5,
-        last_ece: last.ece,
+        last_top1: 100.0 * last.top1,
+        last_top5: 100.0 * last.top5,
+        last_ece: 100.0 * last.ece,
         last_test_loss: last.loss,
-        agreement,
+        agreement: agreement.map(|a| 100.0 * a),
         pred_kl,
         teacher_top1,
         output_stats: stats_out,
         reliability,
-        peers_last_top1: peers_last,
-        peers_best_top1: peers_best,
+        peers_last_top1: peers_last.iter().map(|x| 100.0 * x).collect(),
+        peers_best_top1: peers_best.iter().map(|x| 100.0 * x).collect(),
         param_count,
         wall_time_s: elapsed_before + start.elapsed().as_secs_f64(),
         images_per_s: images as f64 / train_time.max(1e-9),
