@@ -196,10 +196,10 @@ fn read_toml(path: &Path) -> anyhow::Result<Vec<Base>> {
     let f: BaselineFile = toml::from_str(&text).map_err(|e| {
         bad(path, format!("not a harness baseline (expected keys suite, metric, created, commit and [[group]] tables with id, label, n, mean, std): {e}"))
     })?;
+    let metric = Metric::parse(&f.metric).ok_or_else(|| bad(path, format!("`metric`: expected \"best\" or \"last\", found {:?}", f.metric)))?;
     if f.groups.is_empty() {
         return Err(bad(path, "no [[group]] tables: a baseline without groups checks nothing"));
     }
-    let metric = Metric::parse(&f.metric).ok_or_else(|| bad(path, format!("`metric`: expected \"best\" or \"last\", found {:?}", f.metric)))?;
     f.groups
         .iter()
         .enumerate()
