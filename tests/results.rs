@@ -377,3 +377,23 @@ fn plan_shows_runs_without_the_data_and_run_refuses() {
         assert!(text(&o).contains("waiting for data") && text(&o).contains(how), "{suite}: {}", text(&o));
     }
 }
+
+#[test]
+fn a_damaged_resume_state_never_ends_a_run_early() {
+    let tmp = tempfile::tempdir().unwrap();
+    old_results(tmp.path());
+    let runs = tmp.path().join("results/v1_partial/runs");
+    let dir = RunDir { path: std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path() };
+    let mut st = read(&dir.path.join("resume.json"));
+    st["epoch"] = json!(99);
+    write(&dir.path.join("resume.json"), &st);
+    let o = harness(&["run", "v1_partial.toml", "--results", "results", "--devices", "cpu", "--threads", "1"], tmp.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("resume.json") && text(&o).contains("`epoch` 99: expected 1 to 2"), "{}", text(&o));
+    // The child on its own (as a Slurm task would run it) refuses the state and trains all 3 epochs.
+    let o = harness(&["exec", dir.path.to_str().unwrap(), "--data-dir", "data", "--device", "cpu", "--threads", "1"], tmp.path());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(std::fs::read_to_string(dir.log()).unwrap().contains("ignoring unusable resume state"));
+    let s = dir.read_summary().unwrap();
+    assert_eq!((s.epochs, verify::metrics(&dir, 3, true).unwrap().1.len()), (3, 3));
+}

@@ -252,6 +252,7 @@ fn load_resume(run: &RunDir, spec: &RunSpec, stores: &[(String, &nn::VarStore)],
     if !p.is_file() {
         return Ok(None);
     }
+    crate::store::verify::resume_state(&p, spec)?; // id, epoch (1..epochs-1) and rows agree with the config
     let st: ResumeState = crate::store::read_json(&p)?;
     if st.id != spec.id {
         anyhow::bail!("{}: resume state belongs to run {}", p.display(), st.id);
