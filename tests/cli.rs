@@ -66,7 +66,8 @@ fn tiny_suite_writes_results_skips_finished_and_is_deterministic() {
         assert!(env["torch_version"].as_str().unwrap().starts_with("2.11"), "{env}");
         assert_eq!(env["dataset"]["fingerprint"], cfg["dataset"]["fingerprint"]);
         let top1 = sum["last_top1"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&top1));
+        assert_eq!(sum["schema"], 2, "accuracies in percent");
+        assert!((0.0..=100.0).contains(&top1));
         let rows = metrics_without_timing(&r.join("metrics.csv"));
         assert_eq!(rows.len(), 3, "header + 2 epochs");
         let role = cfg["role"].as_str().unwrap().to_string();
@@ -79,7 +80,7 @@ fn tiny_suite_writes_results_skips_finished_and_is_deterministic() {
                 assert!(!r.join("model.safetensors").exists());
                 assert!(rows[0].contains(&"train_kd".to_string()) && rows[0].contains(&"agreement".to_string()));
                 let a = sum["agreement"].as_f64().unwrap();
-                assert!((0.0..=1.0).contains(&a));
+                assert!((0.0..=100.0).contains(&a));
                 assert!(sum["pred_kl"].as_f64().unwrap() >= 0.0);
                 assert!(sum["teacher_top1"].as_f64().unwrap() > 0.0);
             }
@@ -159,7 +160,7 @@ fn tiny_suite_writes_results_skips_finished_and_is_deterministic() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let top1 = json(&teacher.join("summary.json"))["last_top1"].as_f64().unwrap();
-    assert!(text(&o).contains(&format!("top-1 {:.2}%", top1 * 100.0)), "{} vs {top1}", text(&o));
+    assert!(text(&o).contains(&format!("top-1 {:.2}%", top1)), "{} vs {top1}", text(&o));
     let bytes = std::fs::read(&npy).unwrap();
     assert_eq!(&bytes[..6], b"\x93NUMPY");
     assert!(String::from_utf8_lossy(&bytes[..128]).replace(' ', "").contains("(360,10"), "npy header");

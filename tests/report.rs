@@ -247,10 +247,12 @@ fn check_exit_codes() {
             std::fs::remove_dir_all(&p).unwrap();
         }
     }
-    // The single-seed teacher has no spread-derived tolerance: reported, and failing.
+    // The single-seed teacher has no spread-derived tolerance: a warning, failing under --strict.
     let o = harness(&["check", d, "--baseline", "base.toml"], tmp.path());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("fewseeds"), "{}", text(&o));
+    let o = harness(&["check", d, "--baseline", "base.toml", "--strict"], tmp.path());
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("toofewseeds"), "{}", text(&o));
     // Without the teacher in the baseline it is only `new` (informational): clean pass.
     let mut b: report::check::BaselineFile = toml::from_str(&std::fs::read_to_string(tmp.path().join("base.toml")).unwrap()).unwrap();
     b.groups.retain(|g| !g.label.starts_with("teacher"));
@@ -265,8 +267,8 @@ fn check_exit_codes() {
             let spec = run.read_spec().unwrap();
             if spec.method == "kd" {
                 let mut s = run.read_summary().unwrap();
-                s.last_top1 -= by / 100.0;
-                write_json(&run.summary(), &s).unwrap();
+                s.last_top1 -= by;
+                run.write_summary(&s).unwrap();
             }
         }
     };
@@ -311,10 +313,10 @@ fn check_against_runs_parquet_and_too_few_seeds() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
     let lines = v["lines"].as_array().unwrap();
     let verdict = |label: &str| lines.iter().find(|l| l["label"].as_str().unwrap().contains(label)).map(|l| l["verdict"].as_str().unwrap().to_string());
-    // The teacher has one seed: no spread-derived tolerance, reported as such.
-    assert_eq!(verdict("teacher").as_deref(), Some("too_few_seeds"), "{lines:?}");
+    // The teacher has one seed: no spread-derived tolerance, reported as a warning.
+    assert_eq!(verdict("teacher").as_deref(), Some("few_seeds"), "{lines:?}");
     assert_eq!(verdict("kd").as_deref(), Some("ok"), "{lines:?}");
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(1), "the diverged dkd run still fails the check");
 }
 
 #[test]

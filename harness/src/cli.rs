@@ -109,6 +109,11 @@ pub struct RunArgs {
     /// No progress bars: one line per event.
     #[arg(long)]
     pub quiet: bool,
+    /// Move the files of damaged runs (results that fail verification) into
+    /// `damaged-<UTC time>/` inside their run directories, kept, and train them again; without
+    /// it a suite with damaged runs trains nothing and exits 2.
+    #[arg(long)]
+    pub retrain_damaged: bool,
     /// local: child processes on this machine; slurm: one job array per DAG level on the cluster.
     #[arg(long, value_enum, default_value = "local")]
     pub executor: Executor,
@@ -238,6 +243,13 @@ pub struct CheckArgs {
     /// Fewest seeds per side for a spread-derived tolerance (default `[report].min_seeds`, else 2).
     #[arg(long)]
     pub min_seeds: Option<usize>,
+    /// Absolute tolerance in points for groups with fewer seeds than --min-seeds: a larger drop
+    /// fails, a smaller one is a `few_seeds` warning.
+    #[arg(long, default_value_t = 1.0)]
+    pub few_seeds_tolerance: f64,
+    /// `few_seeds` warnings fail the check too.
+    #[arg(long)]
+    pub strict: bool,
     /// `text` or `json`.
     #[arg(long, default_value = "text")]
     pub format: String,
@@ -440,24 +452,78 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Loads a suite and its dataset fingerprint, and expands the plan.
+/// Loads a suite and its dataset fingerprint, and expands the plan; an absent dataset is an
+/// input error that says how to get it.
 fn load_plan(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Suite, Plan, PathBuf)> {
     let suite = Suite::load(suite_path)?;
     let dir = data::resolve_dir(data_flag, suite.data_dir.as_deref());
-    let fp = data::plan_fingerprint(&suite.dataset, &dir)?;
+    let fp = data::plan_fingerprint(&suite.dataset, &dir).map_err(|e| match data::availability::missing(&suite.dataset, &dir) {
+        Some(m) => e.context(format!("{}: dataset {} is not there; to get it: {}", suite.path().display(), suite.dataset, m.how)),
+        None => e,
+    })?;
     let plan = suite.expand(&DataRef { name: suite.dataset.clone(), fingerprint: fp })?;
     Ok((suite, plan, dir))
 }
 
+/// Stands in for the dataset fingerprint in a plan made without the data: ids hash the
+/// fingerprint, so such a plan's ids are provisional (shown with a `~`).
+const NO_DATA_FINGERPRINT: &str = "waiting-for-data";
+
+/// [`load_plan`] for `harness plan`: when the dataset is absent (not merely broken) the plan is
+/// expanded with a placeholder fingerprint and the missing data is returned for the caller to show.
+fn load_plan_waiting(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Suite, Plan, Option<data::availability::Missing>)> {
+    let suite = Suite::load(suite_path)?;
+    let dir = data::resolve_dir(data_flag, suite.data_dir.as_deref());
+    match data::availability::missing(&suite.dataset, &dir) {
+        Some(m) => {
+            let plan = suite.expand(&DataRef { name: suite.dataset.clone(), fingerprint: NO_DATA_FINGERPRINT.into() })?;
+            Ok((suite, plan, Some(m)))
+        }
+        None => load_plan(suite_path, data_flag).map(|(s, p, _)| (s, p, None)),
+    }
+}
+
+/// Damaged runs of a plan stop `run` before anything trains (exit 2), unless `retrain`: then
+/// their files are moved aside (kept) and they train again.
+fn damaged_guard(plan: &Plan, results: &Path, retrain: bool, dry_run: bool) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    for r in &plan.runs {
+        let dir = crate::store::RunDir::new(results, &plan.suite, &r.spec.id);
+        if let crate::store::verify::Health::Damaged(d) = crate::store::verify::check(&dir, &r.spec) {
+            eprintln!("damaged {} {}: {d}", r.spec.id, r.spec.label());
+            found.push((r, dir));
+        }
+    }
+    if found.is_empty() || dry_run {
+        return Ok(());
+    }
+    if !retrain {
+        crate::input_bail!(
+            "{} damaged run(s) in {} (listed above); nothing was trained. `harness run --retrain-damaged` moves their files into \
+             damaged-<time>/ inside each run directory (kept, not deleted) and trains them again",
+            found.len(),
+            results.join(&plan.suite).display()
+        );
+    }
+    for (r, dir) in found {
+        if crate::store::lock_holder_alive(&dir) {
+            crate::input_bail!("{}: damaged but locked by a live process; stop it first", dir.path.display());
+        }
+        let to = crate::store::verify::move_aside(&dir)?;
+        println!("moved the files of damaged run {} {} to {}; it trains again", r.spec.id, r.spec.label(), to.display());
+    }
+    Ok(())
+}
+
 /// Loads the records a report works on, with the suite (when a suite file was given).
 fn load_report(a: &ResultsArgs) -> anyhow::Result<(Option<Suite>, crate::report::Report, report::Options)> {
-    let (suite, name, records) = if a.suite.is_dir() {
-        let (name, records) = report::load::from_dir(&a.suite)?;
-        (None, name, records)
+    let (suite, name, records, unreadable) = if a.suite.is_dir() {
+        let (name, records, unreadable) = report::load::from_dir_checked(&a.suite)?;
+        (None, name, records, unreadable)
     } else {
         let (suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
         let records = report::load::from_plan(&plan, &a.results)?;
-        (Some(suite), plan.suite, records)
+        (Some(suite), plan.suite, records, vec![])
     };
     let mut o = report::Options::default();
     if let Some(s) = &suite {
@@ -479,7 +545,8 @@ fn load_report(a: &ResultsArgs) -> anyhow::Result<(Option<Suite>, crate::report:
     if let Some(m) = &a.metric {
         o.metric = report::Metric::parse(m).ok_or_else(|| crate::error::InputError::new(format!("--metric: expected `best` or `last`, found `{m}`")))?;
     }
-    let rep = report::Report::build(&name, records)?;
+    let mut rep = report::Report::build(&name, records)?;
+    rep.unreadable = unreadable;
     Ok((suite, rep, o))
 }
 
@@ -489,6 +556,9 @@ fn list(s: &str) -> Vec<String> {
 
 fn report_cmd(a: ReportArgs) -> anyhow::Result<i32> {
     let (suite, rep, mut o) = load_report(&a.from)?;
+    for d in rep.damaged() {
+        eprintln!("warning: damaged run, not aggregated (listed in the report): {d}");
+    }
     if let Some(r) = &a.rows {
         o.rows = list(r);
     }
@@ -532,8 +602,19 @@ fn check_cmd(a: CheckArgs) -> anyhow::Result<i32> {
     if a.format != "text" && a.format != "json" {
         crate::input_bail!("--format: expected `text` or `json`, found `{}`", a.format);
     }
-    let co =
-        report::check::CheckOptions { tolerance: a.tolerance.or(r.tolerance), k_se, min_seeds, metric: o.metric, expected_tolerance: o.expected_tolerance };
+    let f = a.few_seeds_tolerance;
+    if !(f >= 0.0 && f.is_finite()) {
+        crate::input_bail!("--few-seeds-tolerance: expected points >= 0, found {f}");
+    }
+    let co = report::check::CheckOptions {
+        tolerance: a.tolerance.or(r.tolerance),
+        k_se,
+        min_seeds,
+        metric: o.metric,
+        expected_tolerance: o.expected_tolerance,
+        few_seeds_tolerance: f,
+        strict: a.strict,
+    };
     let expected = suite.as_ref().map(|s| s.expected.clone()).unwrap_or_default();
     let out = report::check::check(&rep, &a.baseline, &expected, &co)?;
     if a.format == "json" {
@@ -546,6 +627,14 @@ fn check_cmd(a: CheckArgs) -> anyhow::Result<i32> {
 
 fn baseline_cmd(a: BaselineArgs) -> anyhow::Result<i32> {
     let (_suite, rep, o) = load_report(&a.from)?;
+    let damaged = rep.damaged();
+    if !damaged.is_empty() {
+        crate::input_bail!(
+            "{} damaged run(s); a baseline would freeze their absence. Retrain them (`harness run --retrain-damaged`) first:\n  {}",
+            damaged.len(),
+            damaged.join("\n  ")
+        );
+    }
     let b = report::check::freeze(&rep, o.metric);
     let text = format!("# harness baseline: `harness check <suite> --baseline {}`\n{}", a.out.display(), toml::to_string(&b)?);
     crate::store::write_atomic(&a.out, text.as_bytes())?;
@@ -619,7 +708,7 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
 }
 
 fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
-    let (suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+    let (suite, plan, waiting) = load_plan_waiting(&a.suite, a.data.data_dir.as_deref())?;
     println!(
         "suite {} ({}): {} runs = {} teachers + {} students, from {} grid points",
         plan.suite,
@@ -629,13 +718,24 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
         plan.students(),
         plan.points
     );
+    if let Some(m) = &waiting {
+        println!("waiting for data: dataset {} not found (looked in {} for {})", suite.dataset, m.looked_in.display(), m.expected);
+        println!("  to get it: {}", m.how);
+        println!("  ids marked ~ are provisional: a run id includes the data's fingerprint, known once the data is there");
+    }
     // Columns as wide as the longest name (`mobilenetv2_tinyimagenet`), at least 12.
     let mw = plan.runs.iter().map(|r| r.spec.model.len()).max().unwrap_or(0).max(12);
     let tw = plan.runs.iter().map(|r| r.spec.teacher_models().len()).max().unwrap_or(0).max(12);
     println!("{:<16} {:<7} {:<mw$} {:<tw$} {:<6} {:>4}  {:<8} settings", "id", "role", "model", "teacher", "method", "seed", "status");
     for r in &plan.runs {
         let s = &r.spec;
-        let status = if crate::store::RunDir::new(&a.results, &plan.suite, &s.id).is_finished() { "done" } else { "pending" };
+        let status = match (&waiting, crate::store::verify::check(&crate::store::RunDir::new(&a.results, &plan.suite, &s.id), s)) {
+            (Some(_), _) => "no data",
+            (None, crate::store::verify::Health::Finished(_)) => "done",
+            (None, crate::store::verify::Health::Damaged(_)) => "damaged",
+            (None, _) => "pending",
+        };
+        let id = if waiting.is_some() { format!("~{}", s.id.get(..15).unwrap_or(&s.id)) } else { s.id.clone() };
         let role = if s.role == Role::Teacher { "teacher" } else { "student" };
         let mut params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if s.train.label_smoothing > 0.0 {
@@ -649,7 +749,7 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
         }
         println!(
             "{:<16} {:<7} {:<mw$} {:<tw$} {:<6} {:>4}  {:<8} epochs={} bs={} lr={} {}",
-            s.id,
+            id,
             role,
             s.model,
             if s.teachers.is_empty() { "-".to_string() } else { s.teacher_models() },
@@ -720,6 +820,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     if let Some(only) = &a.only {
         plan = sched::filter(&plan, only)?;
     }
+    damaged_guard(&plan, &a.results, a.retrain_damaged, a.dry_run)?;
     if a.executor == Executor::Slurm {
         return run_slurm(&a, &suite, &plan, &data_dir);
     }
@@ -818,8 +919,8 @@ fn print_outcomes(plan: &Plan, results: &Path, outcomes: &[Outcome]) -> i32 {
     println!();
     println!("{:<58} {:>3}  {:>16}  {:>16}", "run group (mean ± std over seeds)", "n", "best top-1 %", "last top-1 %");
     for (k, v) in sched::summarize(plan, results) {
-        let (bm, bs) = sched::mean_std(&v.iter().map(|x| x.0 * 100.0).collect::<Vec<_>>());
-        let (lm, ls) = sched::mean_std(&v.iter().map(|x| x.1 * 100.0).collect::<Vec<_>>());
+        let (bm, bs) = sched::mean_std(&v.iter().map(|x| x.0).collect::<Vec<_>>());
+        let (lm, ls) = sched::mean_std(&v.iter().map(|x| x.1).collect::<Vec<_>>());
         println!("{k:<58} {:>3}  {:>7.2} ± {:<6.2}  {:>7.2} ± {:<6.2}", v.len(), bm, bs, lm, ls);
     }
     println!();

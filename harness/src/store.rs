@@ -1,7 +1,12 @@
 //! Results on disk: `results/<suite>/runs/<run-id>/` with `config.json`, `env.json`,
 //! `metrics.csv`, `summary.json` (its presence means finished), `model.safetensors`, `log.txt`.
 //! Every file is written atomically (temp file in the same directory, fsync, rename), and a
-//! lock file keeps two processes off one run.
+//! lock file keeps two processes off one run. Runs are verified when read ([`verify`]).
+//!
+//! Units (schema 2): accuracies (top-1, top-5, agreement, teacher and peer top-1) and ECE are
+//! in percent in `summary.json` and `metrics.csv`; losses in nats; probabilities (reliability
+//! bins, output statistics) and sparsity stay fractions. Files written before (schema 1) held
+//! fractions and are converted when read.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::suite::RunSpec;
 
-/// Final metrics of a finished run (`summary.json`).
+pub mod verify;
+
+/// Version of the results files this harness writes: `schema` in `summary.json`,
+/// `results_schema` in `env.json` (which says how to read `metrics.csv`).
+pub const SCHEMA: u32 = 2;
+
+/// Final metrics of a finished run (`summary.json`), accuracies in percent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub id: String,
@@ -22,7 +33,7 @@ pub struct Summary {
     /// Last-epoch test top-1 (the CRD/RepDistiller convention).
     pub last_top1: f64,
     pub last_top5: f64,
-    /// ECE with 15 bins, as a fraction.
+    /// ECE with 15 bins, in percent (a fraction in schema 1).
     pub last_ece: f64,
     pub last_test_loss: f64,
     /// Top-1 agreement with the teacher on the test set (students with a teacher).
@@ -106,17 +117,28 @@ impl RunDir {
         self.path.join("lock")
     }
 
-    /// True when `summary.json` exists.
+    /// True when `summary.json` exists (see [`verify::check`] for whether it can be trusted).
     pub fn is_finished(&self) -> bool {
         self.summary().is_file()
+    }
+
+    /// True when `summary.json` exists and the run verifies against `spec`.
+    pub fn is_done(&self, spec: &RunSpec) -> bool {
+        matches!(verify::check(self, spec), verify::Health::Finished(_))
     }
 
     pub fn read_spec(&self) -> anyhow::Result<RunSpec> {
         read_json(&self.config())
     }
 
+    /// `summary.json` in the current schema, its values checked (damage is an input error).
     pub fn read_summary(&self) -> anyhow::Result<Summary> {
-        read_json(&self.summary())
+        verify::read_summary(&self.summary()).map_err(|d| anyhow::Error::new(crate::error::InputError::new(d.to_string())))
+    }
+
+    /// Writes `summary.json` with the current `schema`, atomically.
+    pub fn write_summary(&self, s: &Summary) -> anyhow::Result<()> {
+        write_json(&self.summary(), &verify::summary_json(s)?)
     }
 
     /// Removes the partial outputs of an unfinished run so it restarts cleanly.

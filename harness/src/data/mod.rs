@@ -8,6 +8,7 @@
 //!
 //! Both draw from the global generator that the loop seeds per run and epoch.
 
+pub mod availability;
 pub mod cifar;
 pub mod digits;
 pub mod imagenet;

@@ -1,8 +1,11 @@
 //! Regression check against a baseline: a frozen baseline TOML (`harness baseline`), a previous
 //! report's `runs.parquet`, or the suite's published `[[expected]]` numbers. A group regresses
 //! when its mean drops by more than the tolerance: an absolute number of points, or k standard
-//! errors of the difference of means. Missing groups, groups with failed runs and groups with
-//! too few seeds for a spread-derived tolerance are verdicts of their own, never passes.
+//! errors of the difference of means. Missing groups and groups with failed or damaged runs are
+//! verdicts of their own, never passes. Groups with fewer than `min_seeds` seeds on either side
+//! have no spread-derived tolerance: they are compared within an absolute `few_seeds_tolerance`,
+//! fail beyond it, and within it are a warning (`few_seeds`) that fails only under `strict`, so a
+//! check against a baseline frozen from the same results passes.
 
 use std::path::Path;
 
@@ -69,6 +72,10 @@ pub struct CheckOptions {
     pub metric: Metric,
     /// Tolerance for published numbers when no absolute tolerance is given.
     pub expected_tolerance: f64,
+    /// Absolute tolerance in points for groups with fewer than `min_seeds` seeds.
+    pub few_seeds_tolerance: f64,
+    /// Few-seed groups fail instead of warning.
+    pub strict: bool,
 }
 
 /// The verdict for one group.
@@ -81,15 +88,18 @@ pub enum Verdict {
     Missing,
     /// Some of the group's runs failed or diverged.
     FailedRuns,
-    /// Fewer than `min_seeds` on either side and no absolute tolerance.
-    TooFewSeeds,
+    /// Some of the group's results failed verification (named in the line's label).
+    Damaged,
+    /// Fewer than `min_seeds` on either side: within the few-seeds tolerance, but without a
+    /// spread to judge by (a warning; a failure under `--strict`).
+    FewSeeds,
     /// Only in the current results (informational).
     New,
 }
 
 impl Verdict {
-    pub fn fails(self) -> bool {
-        matches!(self, Verdict::Regressed | Verdict::Missing | Verdict::FailedRuns | Verdict::TooFewSeeds)
+    pub fn fails(self, strict: bool) -> bool {
+        matches!(self, Verdict::Regressed | Verdict::Missing | Verdict::FailedRuns | Verdict::Damaged) || (strict && self == Verdict::FewSeeds)
     }
 }
 
@@ -104,6 +114,7 @@ pub struct Line {
     pub now_mean: Option<f64>,
     pub now_n: usize,
     pub now_failed: usize,
+    pub now_damaged: usize,
     pub delta: Option<f64>,
     pub tolerance: Option<f64>,
     pub verdict: Verdict,
@@ -116,6 +127,9 @@ pub struct Outcome {
     pub baseline: String,
     pub lines: Vec<Line>,
     pub failures: usize,
+    /// Few-seed groups within their tolerance (not failures unless `strict`).
+    pub warnings: usize,
+    pub strict: bool,
 }
 
 impl Outcome {
@@ -146,7 +160,12 @@ impl Outcome {
                 l.label
             ));
         }
-        s.push_str(&format!("{} group(s) checked, {} failing\n", self.lines.len(), self.failures));
+        s.push_str(&format!("{} group(s) checked, {} failing", self.lines.len(), self.failures));
+        if self.warnings > 0 {
+            let how = if self.strict { "failing under --strict" } else { "warnings; --strict makes them fail" };
+            s.push_str(&format!(", {} with too few seeds for a spread-derived tolerance ({how})", self.warnings));
+        }
+        s.push('\n');
         s
     }
 }
@@ -178,6 +197,9 @@ fn read_toml(path: &Path) -> anyhow::Result<Vec<Base>> {
         bad(path, format!("not a harness baseline (expected keys suite, metric, created, commit and [[group]] tables with id, label, n, mean, std): {e}"))
     })?;
     let metric = Metric::parse(&f.metric).ok_or_else(|| bad(path, format!("`metric`: expected \"best\" or \"last\", found {:?}", f.metric)))?;
+    if f.groups.is_empty() {
+        return Err(bad(path, "no [[group]] tables: a baseline without groups checks nothing"));
+    }
     f.groups
         .iter()
         .enumerate()
@@ -280,6 +302,7 @@ pub fn check(r: &Report, baseline: &str, expected: &[Expected], o: &CheckOptions
         }
         let stat = g.and_then(|g| g.stats.get(b.metric.column()));
         let now_failed = g.map_or(0, |g| g.n_failed);
+        let now_damaged = g.map_or(0, |g| g.n_damaged);
         let mut line = Line {
             group: g.map(|g| g.id.clone()).unwrap_or_else(|| if let Key::Group(id) = &b.key { id.clone() } else { "-".into() }),
             label: b.label.clone(),
@@ -289,12 +312,13 @@ pub fn check(r: &Report, baseline: &str, expected: &[Expected], o: &CheckOptions
             now_mean: stat.map(|s| s.mean),
             now_n: stat.map_or(0, |s| s.n),
             now_failed,
+            now_damaged,
             delta: stat.map(|s| s.mean - b.mean),
             tolerance: None,
             verdict: Verdict::Missing,
         };
         if let Some(s) = stat {
-            let tol = match (o.tolerance, b.n) {
+            let spread = match (o.tolerance, b.n) {
                 (Some(t), _) => Some(t),
                 (None, None) => Some(o.expected_tolerance),
                 (None, Some(bn)) if bn >= o.min_seeds && s.n >= o.min_seeds => {
@@ -302,13 +326,17 @@ pub fn check(r: &Report, baseline: &str, expected: &[Expected], o: &CheckOptions
                 }
                 _ => None,
             };
-            line.tolerance = tol;
-            line.verdict = match tol {
+            let tol = spread.unwrap_or(o.few_seeds_tolerance);
+            line.tolerance = Some(tol);
+            line.verdict = match spread {
+                _ if now_damaged > 0 => Verdict::Damaged,
                 _ if now_failed > 0 => Verdict::FailedRuns,
-                None => Verdict::TooFewSeeds,
-                Some(t) if s.mean - b.mean < -t => Verdict::Regressed,
+                _ if s.mean - b.mean < -tol => Verdict::Regressed,
+                None => Verdict::FewSeeds,
                 Some(_) => Verdict::Ok,
             };
+        } else if now_damaged > 0 {
+            line.verdict = Verdict::Damaged;
         } else if now_failed > 0 {
             line.verdict = Verdict::FailedRuns;
         }
@@ -326,12 +354,45 @@ pub fn check(r: &Report, baseline: &str, expected: &[Expected], o: &CheckOptions
                 now_mean: s.map(|s| s.mean),
                 now_n: s.map_or(0, |s| s.n),
                 now_failed: g.n_failed,
+                now_damaged: g.n_damaged,
                 delta: None,
                 tolerance: None,
-                verdict: if g.n_failed > 0 { Verdict::FailedRuns } else { Verdict::New },
+                verdict: if g.n_damaged > 0 {
+                    Verdict::Damaged
+                } else if g.n_failed > 0 {
+                    Verdict::FailedRuns
+                } else {
+                    Verdict::New
+                },
             });
         }
     }
-    let failures = lines.iter().filter(|l| l.verdict.fails()).count();
-    Ok(Outcome { suite: r.suite.clone(), baseline: baseline.to_string(), lines, failures })
+    // A damaged group's line names each damaged run, file and reason.
+    for l in lines.iter_mut().filter(|l| l.verdict == Verdict::Damaged) {
+        if let Some(g) = r.groups.iter().find(|g| g.id == l.group) {
+            let why: Vec<String> =
+                g.members.iter().map(|&i| &r.records[i]).filter(|x| x.state == "damaged").map(|x| format!("{}: {}", x.spec.id, x.detail)).collect();
+            l.label = format!("{} [damaged: {}]", l.label, why.join("; "));
+        }
+    }
+    // Folders that cannot say which run they are: their group is unknown, the damage is not.
+    for d in &r.unreadable {
+        lines.push(Line {
+            group: "-".into(),
+            label: d.to_string(),
+            metric: o.metric.column(),
+            baseline_mean: None,
+            baseline_n: None,
+            now_mean: None,
+            now_n: 0,
+            now_failed: 0,
+            now_damaged: 1,
+            delta: None,
+            tolerance: None,
+            verdict: Verdict::Damaged,
+        });
+    }
+    let failures = lines.iter().filter(|l| l.verdict.fails(o.strict)).count();
+    let warnings = lines.iter().filter(|l| l.verdict == Verdict::FewSeeds).count();
+    Ok(Outcome { suite: r.suite.clone(), baseline: baseline.to_string(), lines, failures, warnings, strict: o.strict })
 }

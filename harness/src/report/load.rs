@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::sched;
+use crate::store::verify::{self, Damage};
 use crate::store::{RunDir, Summary};
 use crate::suite::{ParamValue, Plan, PlannedRun, Role, RunSpec, TeacherRef};
 
@@ -44,7 +45,7 @@ impl Cell {
 #[derive(Clone, Debug)]
 pub struct Record {
     pub spec: RunSpec,
-    /// `done`, `running`, `failed`, `diverged`, `skipped` or `pending`.
+    /// `done`, `running`, `failed`, `diverged`, `damaged`, `skipped` or `pending`.
     pub state: String,
     /// Why it is in that state (error message, progress), for the status table.
     pub detail: String,
@@ -56,12 +57,12 @@ pub struct Record {
     pub config: BTreeMap<String, Cell>,
     /// Provenance from `env.json` (commit, torch, device, threads, host).
     pub env: BTreeMap<String, String>,
-    /// `metrics.csv`: header and rows (empty cells as `None`).
+    /// `metrics.csv`: header and rows (empty cells as `None`), accuracies in percent.
     pub epochs: (Vec<String>, Vec<Vec<Option<f64>>>),
 }
 
-/// Accuracy-type summary fields in percent (KD papers report percent); the rest as stored
-/// (sparsity as a fraction).
+/// Accuracy-type summary fields (and ECE) in percent, as stored from schema 2 and converted
+/// from older summaries when read; the rest as stored (sparsity as a fraction).
 pub const METRICS: &[&str] = &[
     "best_top1",
     "last_top1",
@@ -85,15 +86,14 @@ impl Record {
     /// metric does not apply (agreement of a teacher-free run).
     pub fn metric(&self, name: &str) -> Option<f64> {
         let s = self.summary.as_ref()?;
-        let pct = |x: f64| x * 100.0;
         match name {
-            "best_top1" => Some(pct(s.best_top1)),
-            "last_top1" => Some(pct(s.last_top1)),
-            "last_top5" => Some(pct(s.last_top5)),
-            "last_ece" => Some(pct(s.last_ece)),
-            "agreement" => s.agreement.map(pct),
+            "best_top1" => Some(s.best_top1),
+            "last_top1" => Some(s.last_top1),
+            "last_top5" => Some(s.last_top5),
+            "last_ece" => Some(s.last_ece),
+            "agreement" => s.agreement,
             "pred_kl" => s.pred_kl,
-            "teacher_top1" => s.teacher_top1.map(pct),
+            "teacher_top1" => s.teacher_top1,
             "best_epoch" => Some(s.best_epoch as f64),
             "param_count" => Some(s.param_count as f64),
             "wall_time_s" => Some(s.wall_time_s),
@@ -116,7 +116,7 @@ impl Record {
     pub fn curve(&self) -> Vec<(u32, f64)> {
         let (h, rows) = &self.epochs;
         let (Some(e), Some(t)) = (h.iter().position(|c| c == "epoch"), h.iter().position(|c| c == "test_top1")) else { return vec![] };
-        rows.iter().filter_map(|r| Some((r.get(e).copied().flatten()? as u32, r.get(t).copied().flatten()? * 100.0))).collect()
+        rows.iter().filter_map(|r| Some((r.get(e).copied().flatten()? as u32, r.get(t).copied().flatten()?))).collect()
     }
 }
 
@@ -127,19 +127,39 @@ pub fn from_plan(plan: &Plan, results: &Path) -> anyhow::Result<Vec<Record>> {
     (0..plan.runs.len()).map(|i| record(plan, results, i, &specs, &mut groups)).collect()
 }
 
-/// Records of every run directory under `<results>/<suite>/runs` (for reports without the suite file).
+/// Records of every run directory under `<results>/<suite>/runs` (for reports without the suite
+/// file); an error names the first directory whose `config.json` cannot say which run it is.
 pub fn from_dir(suite_dir: &Path) -> anyhow::Result<(String, Vec<Record>)> {
+    let (suite, records, unreadable) = from_dir_checked(suite_dir)?;
+    if let Some(d) = unreadable.first() {
+        crate::input_bail!("{d}");
+    }
+    Ok((suite, records))
+}
+
+/// [`from_dir`], with the run directories whose `config.json` is damaged (unreadable, or naming
+/// another run) returned apart instead of failing: they cannot become records, and a report
+/// lists them.
+pub fn from_dir_checked(suite_dir: &Path) -> anyhow::Result<(String, Vec<Record>, Vec<Damage>)> {
     let runs = suite_dir.join("runs");
     let suite = suite_dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let mut specs = Vec::new();
+    let mut unreadable = Vec::new();
     let entries = std::fs::read_dir(&runs).map_err(|e| crate::error::InputError::new(format!("{}: cannot read results: {e}", runs.display())))?;
     for e in entries {
         let e = e.with_context(|| format!("listing {}", runs.display()))?;
         let dir = RunDir { path: e.path() };
-        if dir.config().is_file() {
-            specs.push(dir.read_spec()?);
+        if !dir.config().is_file() {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().to_string();
+        match dir.read_spec() {
+            Ok(spec) if spec.id == name => specs.push(spec),
+            Ok(spec) => unreadable.push(Damage { file: dir.config(), reason: format!("belongs to run {} but sits in run directory {name}", spec.id) }),
+            Err(err) => unreadable.push(Damage { file: dir.config(), reason: format!("not a run config: {:#}", err.root_cause()) }),
         }
     }
+    unreadable.sort_by(|a, b| a.file.cmp(&b.file));
     // Teachers first, then by id: a stable order independent of the file system.
     specs.sort_by(|a, b| (a.role != Role::Teacher, &a.id).cmp(&(b.role != Role::Teacher, &b.id)));
     let plan = Plan {
@@ -161,13 +181,13 @@ pub fn from_dir(suite_dir: &Path) -> anyhow::Result<(String, Vec<Record>)> {
         points: 0,
     };
     let results = suite_dir.parent().unwrap_or(Path::new("."));
-    Ok((suite, from_plan(&plan, results)?))
+    Ok((suite, from_plan(&plan, results)?, unreadable))
 }
 
 fn record(plan: &Plan, results: &Path, i: usize, specs: &HashMap<String, RunSpec>, groups: &mut HashMap<String, String>) -> anyhow::Result<Record> {
     let spec = plan.runs[i].spec.clone();
     let dir = RunDir::new(results, &plan.suite, &spec.id);
-    let (state, detail) = sched::state_of(plan, results, i);
+    let (state, mut detail) = sched::state_of(plan, results, i);
     let summary = if state == "done" { Some(dir.read_summary()?) } else { None };
     let mut config = flatten(&spec);
     if let Some(TeacherRef::Run { id, .. }) = spec.teachers.first() {
@@ -190,21 +210,16 @@ fn record(plan: &Plan, results: &Path, i: usize, specs: &HashMap<String, RunSpec
                 .collect()
         })
         .unwrap_or_default();
-    let epochs = if dir.metrics().is_file() { read_metrics(&dir.metrics())? } else { (vec![], vec![]) };
+    // A damaged run's curve is not shown; an unfinished run's unreadable curve is named.
+    let epochs = match (state.as_str(), dir.metrics().is_file()) {
+        ("damaged", _) | (_, false) => (vec![], vec![]),
+        _ => verify::metrics(&dir, spec.train.epochs, state == "done").unwrap_or_else(|d| {
+            detail = format!("{detail} (curve not shown: {d})");
+            (vec![], vec![])
+        }),
+    };
     let group = group_of(&spec, specs, results, &plan.suite, groups);
     Ok(Record { spec, state, detail, summary, group, config, env, epochs })
-}
-
-/// `metrics.csv` as numbers; non-numeric cells (none are written today) become `None`.
-fn read_metrics(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<Option<f64>>>)> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    let header: Vec<String> = r.headers().with_context(|| format!("reading {}", path.display()))?.iter().map(str::to_string).collect();
-    let mut rows = Vec::new();
-    for rec in r.records() {
-        let rec = rec.with_context(|| format!("reading {}", path.display()))?;
-        rows.push(rec.iter().map(|c| c.parse::<f64>().ok()).collect());
-    }
-    Ok((header, rows))
 }
 
 /// The resolved config as named cells. Recipe fields come through serde so a new recipe key

@@ -108,6 +108,8 @@ pub struct Group {
     pub n_done: usize,
     /// Failed or diverged runs (shown in tables, never dropped silently).
     pub n_failed: usize,
+    /// Runs whose results failed verification ([`crate::store::verify`]): not aggregated.
+    pub n_damaged: usize,
     /// Metric name → aggregate (absent when no finished run has it).
     pub stats: BTreeMap<String, Stat>,
 }
@@ -120,6 +122,9 @@ pub struct Report {
     pub runs: DataFrame,
     pub epochs: DataFrame,
     pub aggregates: DataFrame,
+    /// Run directories whose `config.json` cannot say which run they are (results read from a
+    /// folder): listed as damaged, never aggregated.
+    pub unreadable: Vec<crate::store::verify::Damage>,
 }
 
 impl Report {
@@ -129,7 +134,7 @@ impl Report {
         let epochs = epochs_frame(&records)?;
         let aggregates = aggregate(&runs)?;
         let groups = groups_from(&records, &aggregates)?;
-        let mut r = Report { suite: suite.to_string(), records, groups, runs, epochs, aggregates };
+        let mut r = Report { suite: suite.to_string(), records, groups, runs, epochs, aggregates, unreadable: vec![] };
         r.add_intervals()?;
         Ok(r)
     }
@@ -137,6 +142,12 @@ impl Report {
     /// The group's first record (config columns are shared by the group's members, except seed).
     pub fn head(&self, g: &Group) -> &Record {
         &self.records[g.members[0]]
+    }
+
+    /// Every damaged run as `id label: file: reason` (records first, then unreadable folders).
+    pub fn damaged(&self) -> Vec<String> {
+        let runs = self.records.iter().filter(|r| r.state == "damaged").map(|r| format!("{} {}: {}", r.spec.id, r.spec.label(), r.detail));
+        runs.chain(self.unreadable.iter().map(|d| format!("(unknown run): {d}"))).collect()
     }
 
     /// Human label of a group: role, pair, method and its parameters.
@@ -249,6 +260,7 @@ pub fn aggregate(runs: &DataFrame) -> anyhow::Result<DataFrame> {
         len().cast(DataType::Int64).alias("n_runs"),
         col("status").eq(lit("done")).sum().cast(DataType::Int64).alias("n_done"),
         failed.sum().cast(DataType::Int64).alias("n_failed"),
+        col("status").eq(lit("damaged")).sum().cast(DataType::Int64).alias("n_damaged"),
     ]);
     let mut aggs = Vec::new();
     for m in load::METRICS {
@@ -290,6 +302,7 @@ fn groups_from(records: &[Record], agg: &DataFrame) -> anyhow::Result<Vec<Group>
     }
     let n_done = f64s(agg, "n_done")?;
     let n_failed = f64s(agg, "n_failed")?;
+    let n_damaged = f64s(agg, "n_damaged")?;
     let mut cols: Vec<[Vec<Option<f64>>; 5]> = Vec::new();
     for m in load::METRICS {
         let get = |s: &str| f64s(agg, &format!("{m}_{s}"));
@@ -311,7 +324,7 @@ fn groups_from(records: &[Record], agg: &DataFrame) -> anyhow::Result<Vec<Group>
             );
         }
         let count = |v: &Vec<Option<f64>>| v[i].unwrap_or(0.0) as usize;
-        out.push(Group { id: g.to_string(), members: members.remove(g).unwrap_or_default(), n_done: count(&n_done), n_failed: count(&n_failed), stats });
+        out.push(Group { id: g.to_string(), members: members.remove(g).unwrap_or_default(), n_done: count(&n_done), n_failed: count(&n_failed), n_damaged: count(&n_damaged), stats });
     }
     Ok(out)
 }
@@ -398,6 +411,18 @@ fn index(report: &Report, opts: &Options, tables: &[table::Table], plots: &[plot
     }
     md.push('\n');
     html.push_str("</ul>\n");
+    let damaged = report.damaged();
+    if !damaged.is_empty() {
+        let title = format!("Damaged runs ({}): not aggregated; `harness run --retrain-damaged` moves their files aside and trains them again", damaged.len());
+        md.push_str(&format!("## {title}\n\n"));
+        html.push_str(&format!("<h2>{}</h2>\n<ul>\n", esc(&title)));
+        for d in &damaged {
+            md.push_str(&format!("- {d}\n"));
+            html.push_str(&format!("<li>{}</li>\n", esc(d)));
+        }
+        md.push('\n');
+        html.push_str("</ul>\n");
+    }
     for t in tables {
         md.push_str(&format!(
             "## {}\n\n{}\n[Markdown](tables/{n}.md) · [LaTeX](tables/{n}.tex) · [CSV](tables/{n}.csv)\n\n",

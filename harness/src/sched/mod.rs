@@ -16,6 +16,7 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::store::verify::Health;
 use crate::store::{Lock, RunDir};
 use crate::suite::{Plan, PlannedRun, Role};
 
@@ -376,7 +377,7 @@ pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
                 let spec = &plan.runs[j].spec;
                 let dir = &dirs[j];
                 let o = if dir.is_finished() {
-                    let s = dir.read_summary().map(|s| format!("top-1 last {:.4} best {:.4}", s.last_top1, s.best_top1)).unwrap_or_default();
+                    let s = dir.read_summary().map(|s| format!("top-1 last {:.2}% best {:.2}%", s.last_top1, s.best_top1)).unwrap_or_default();
                     say(&mp, opts.progress, format!("done  {} {}: {s}", &spec.id, spec.label()));
                     Outcome::Finished
                 } else if locked.contains(&spec.id) {
@@ -519,7 +520,7 @@ pub fn exec(dirs: &[PathBuf], data_dir: &Path, device: tch::Device) -> anyhow::R
         let _ = std::fs::remove_file(cohort_path(&m.run));
         let c = match r {
             Ok(summary) => {
-                crate::store::write_json(&m.run.summary(), &summary)?;
+                m.run.write_summary(&summary)?;
                 crate::train::clear_resume(&m.run);
                 0
             }
@@ -563,6 +564,8 @@ fn exec_locked(members: &[crate::train::Member], data_dir: &Path, device: tch::D
     for m in members {
         if !crate::train::resume_json(&m.run).is_file() {
             m.run.clear_partial()?;
+        } else if crate::store::verify::upgrade_partial(&m.run)? {
+            eprintln!("note: converted the fractions of {} and resume.json to percent (schema {})", m.run.metrics().display(), crate::store::SCHEMA);
         }
         if m.spec.dataset != first.spec.dataset {
             crate::input_bail!("runs {} and {} use different datasets and cannot train in one cohort", first.spec.id, m.spec.id);
@@ -594,6 +597,8 @@ fn exec_locked(members: &[crate::train::Member], data_dir: &Path, device: tch::D
 fn write_env(m: &crate::train::Member, data: &crate::data::Dataset, device: tch::Device) -> anyhow::Result<()> {
     let spec = &m.spec;
     let mut env = serde_json::to_value(crate::env::Provenance::collect(device))?;
+    // How to read metrics.csv (a CSV file has no place for a version of its own).
+    env["results_schema"] = crate::store::SCHEMA.into();
     env["dataset"] = serde_json::json!({"name": spec.dataset.name, "fingerprint": data.fingerprint, "source": data.source});
     let checkpoints: Vec<serde_json::Value> = spec
         .teachers
@@ -617,15 +622,12 @@ fn write_env(m: &crate::train::Member, data: &crate::data::Dataset, device: tch:
 pub fn state_of(plan: &Plan, results: &Path, i: usize) -> (String, String) {
     let r = &plan.runs[i];
     let dir = RunDir::new(results, &plan.suite, &r.spec.id);
-    if dir.is_finished() {
-        let s = dir.read_summary().map(|s| format!("last top-1 {:.4}, best {:.4} (epoch {})", s.last_top1, s.best_top1, s.best_epoch)).unwrap_or_default();
-        return ("done".into(), s);
-    }
-    let progress = crate::store::read_json::<serde_json::Value>(&crate::train::resume_json(&dir))
-        .ok()
-        .and_then(|v| v["epoch"].as_u64())
-        .map(|e| format!("epoch {e}/{} done", r.spec.train.epochs))
-        .unwrap_or_default();
+    let epoch = match crate::store::verify::check(&dir, &r.spec) {
+        Health::Finished(s) => return ("done".into(), format!("last top-1 {:.2}%, best {:.2}% (epoch {})", s.last_top1, s.best_top1, s.best_epoch)),
+        Health::Damaged(d) => return ("damaged".into(), format!("{d}; `harness run --retrain-damaged` moves its files aside and trains it again")),
+        Health::Unfinished { epoch } => epoch,
+    };
+    let progress = epoch.map(|e| format!("epoch {e}/{} done", r.spec.train.epochs)).unwrap_or_default();
     if crate::store::lock_holder_alive(&dir) {
         let cohort = cohort_of(&dir).filter(|c| c.len() > 1).map(|c| {
             let others: Vec<&str> = c.iter().filter(|id| **id != r.spec.id).map(|id| &id[..id.len().min(8)]).collect();
@@ -640,7 +642,7 @@ pub fn state_of(plan: &Plan, results: &Path, i: usize) -> (String, String) {
     for d in &r.deps {
         if let Some(j) = plan.runs.iter().position(|x| &x.spec.id == d) {
             let (st, _) = state_of(plan, results, j);
-            if st == "failed" || st == "diverged" || st == "skipped" {
+            if st == "failed" || st == "diverged" || st == "skipped" || st == "damaged" {
                 return ("skipped".into(), format!("teacher {d} {st}"));
             }
         }
@@ -649,12 +651,12 @@ pub fn state_of(plan: &Plan, results: &Path, i: usize) -> (String, String) {
 }
 
 /// Groups finished runs of a plan for the end-of-run table: (role, model, method, teacher,
-/// params) → (best top-1, last top-1) over seeds.
+/// params) → (best top-1, last top-1) in percent over seeds; damaged runs are left out.
 pub fn summarize(plan: &Plan, results: &Path) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut groups: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for r in &plan.runs {
         let d = RunDir::new(results, &plan.suite, &r.spec.id);
-        let Ok(s) = d.read_summary() else { continue };
+        let Health::Finished(s) = crate::store::verify::check(&d, &r.spec) else { continue };
         let role = if r.spec.role == Role::Teacher { "teacher" } else { "student" };
         let mut key = format!("{role:<7} {:<10} {:<6}", r.spec.model, r.spec.method);
         if !r.spec.teachers.is_empty() {

@@ -206,12 +206,13 @@ fn prepare_device(device: Device, teachers: &[Teacher]) {
     }
 }
 
-/// The teachers' test predictions (for agreement / predictive KL) and their top-1, once per cohort.
+/// The teachers' test predictions (for agreement / predictive KL) and their top-1 in percent, once
+/// per cohort.
 fn teacher_predictions(teachers: &[Teacher], data: &Dataset) -> anyhow::Result<(Option<tch::Tensor>, Option<f64>)> {
     let test = teacher_test_logits(teachers, data)?;
     let top1 = match (teachers, &test) {
         ([t], _) if t.top1.is_some() => t.top1,
-        (_, Some(tl)) => Some(evaluate(tl, &data.test_y).top1),
+        (_, Some(tl)) => Some(super::record::pct(evaluate(tl, &data.test_y).top1)),
         _ => None,
     };
     Ok((test, top1))

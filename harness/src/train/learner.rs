@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tch::{Device, Kind, Tensor, nn};
 
-use super::record::{EpochResult, EpochSums, History, images_per_s};
+use super::record::{EpochResult, EpochSums, History, images_per_s, pct};
 use super::resume::{self, Loaded, ResumeState, Stores};
 use super::{Net, Progress, Teacher, build, build_widths, dense_argmax, evaluate, prune, sgd, stream_seed, test_logits, widths_from_pruned};
 use crate::data::{Dataset, Mixup, site_seed};
@@ -158,7 +158,7 @@ impl Learner {
     /// loaded) costs the progress, never correctness: the run starts over.
     fn resume(&mut self, teachers: &[Teacher]) -> anyhow::Result<()> {
         let stores = stores_of(&self.net, &self.aux, &self.peers, if self.caps.teacher_train { teachers } else { &[] });
-        match resume::load(&self.run, &self.spec.id, self.spec.train.epochs, &stores, &mut self.opt)? {
+        match resume::load(&self.run, &self.spec, &stores, &mut self.opt)? {
             Loaded::Resumed(st) => {
                 writeln!(self.log, "resuming run {} after epoch {}", self.spec.id, st.epoch)?;
                 self.first_epoch = st.epoch + 1;
@@ -277,10 +277,11 @@ impl Learner {
             "epoch {epoch}/{epochs}: lr {lr} train_loss {train_loss:.4} test_top1 {:.4} test_loss {:.4} ({:.1}s)",
             test.top1, test.loss, sums.seconds
         )?;
-        Ok(Progress { epoch, epochs, test_top1: test.top1, train_loss, images_per_s: images_per_s(sums.seen, sums.seconds) })
+        Ok(Progress { epoch, epochs, test_top1: pct(test.top1), train_loss, images_per_s: images_per_s(sums.seen, sums.seconds) })
     }
 
-    /// After the last epoch: the model files, a pruning stage's measured sparsity, the summary.
+    /// After the last epoch: the model files, a pruning stage's measured sparsity, the summary
+    /// (accuracies in percent; `teacher_top1` already is).
     pub fn finish(self, teacher_top1: Option<f64>) -> anyhow::Result<Summary> {
         let run = &self.run;
         let spec = &self.spec;
@@ -302,19 +303,19 @@ impl Learner {
         Ok(Summary {
             id: spec.id.clone(),
             epochs: spec.train.epochs,
-            best_top1: h.best_top1,
+            best_top1: pct(h.best_top1),
             best_epoch: h.best_epoch,
-            last_top1: last.top1,
-            last_top5: last.top5,
-            last_ece: last.ece,
+            last_top1: pct(last.top1),
+            last_top5: pct(last.top5),
+            last_ece: pct(last.ece),
             last_test_loss: last.loss,
-            agreement: h.agreement,
+            agreement: h.agreement.map(pct),
             pred_kl: h.pred_kl,
             teacher_top1,
             output_stats: self.final_stats.0,
             reliability: self.final_stats.1,
-            peers_last_top1: self.peers_last,
-            peers_best_top1: h.peers_best.clone(),
+            peers_last_top1: self.peers_last.iter().copied().map(pct).collect(),
+            peers_best_top1: h.peers_best.iter().copied().map(pct).collect(),
             param_count: self.param_count,
             wall_time_s: h.elapsed + self.started.elapsed().as_secs_f64(),
             images_per_s: images_per_s(h.images, h.train_time),

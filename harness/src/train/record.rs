@@ -134,21 +134,22 @@ impl History {
             self.header.extend((0..e.peer_top1.len()).map(|k| format!("peer{k}_top1")));
             self.header.extend(e.stats.iter().map(|(n, _)| n.to_string()));
         }
+        // Accuracies and ECE in percent in the file (results schema 2), fractions in memory.
         let opt = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
         let mut row = vec![e.epoch.to_string(), format!("{}", e.lr), format!("{}", e.train_loss)];
         row.extend(e.terms.iter().map(|(_, v)| format!("{v}")));
         row.extend([
-            format!("{}", e.train_top1),
+            format!("{}", pct(e.train_top1)),
             format!("{}", t.loss),
-            format!("{}", t.top1),
-            format!("{}", t.top5),
-            format!("{}", t.ece),
-            opt(e.agreement),
+            format!("{}", pct(t.top1)),
+            format!("{}", pct(t.top5)),
+            format!("{}", pct(t.ece)),
+            opt(e.agreement.map(pct)),
             opt(e.pred_kl),
             format!("{:.3}", e.seconds),
             format!("{:.1}", images_per_s(e.seen, e.seconds)),
         ]);
-        row.extend(e.peer_top1.iter().map(|v| format!("{v}")));
+        row.extend(e.peer_top1.iter().map(|v| format!("{}", pct(*v))));
         row.extend(e.stats.iter().map(|(_, v)| format!("{v}")));
         self.rows.push(row);
     }
@@ -163,6 +164,11 @@ impl History {
         let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
         crate::store::write_atomic(&run.metrics(), &bytes)
     }
+}
+
+/// A fraction in percent, as every results file holds accuracies (schema 2).
+pub fn pct(x: f64) -> f64 {
+    100.0 * x
 }
 
 pub fn images_per_s(images: i64, seconds: f64) -> f64 {

@@ -14,6 +14,7 @@ use tch::{Tensor, nn};
 use super::record::History;
 use super::sgd::Sgd;
 use crate::store::RunDir;
+use crate::suite::RunSpec;
 
 /// `resume.json`: the run it belongs to, the last completed epoch, the tensor file, and the loop's
 /// record so far (flattened, so the file's keys are the record's).
@@ -59,14 +60,15 @@ pub enum Loaded {
     Unusable(anyhow::Error),
 }
 
-/// Loads the state if there is one into `stores` and `opt`. `epochs` is the run's length: a
-/// state at or past it cannot be continued. `Err` only when copying failed after every check
-/// passed (the stores are then half-loaded and must not be trained).
-pub fn load(run: &RunDir, id: &str, epochs: u32, stores: &Stores<'_>, opt: &mut Sgd) -> anyhow::Result<Loaded> {
+/// Loads the state if there is one into `stores` and `opt`, after checking it against the run's
+/// spec ([`crate::store::verify::resume_state`]: id, epoch inside the run, one row per epoch) and
+/// every tensor. `Err` only when copying failed after every check passed (the stores are then
+/// half-loaded and must not be trained).
+pub fn load(run: &RunDir, spec: &RunSpec, stores: &Stores<'_>, opt: &mut Sgd) -> anyhow::Result<Loaded> {
     if !resume_json(run).is_file() {
         return Ok(Loaded::None);
     }
-    let (st, tensors) = match check(run, id, epochs, stores, opt) {
+    let (st, tensors) = match check(run, spec, stores, opt) {
         Ok(v) => v,
         Err(e) => return Ok(Loaded::Unusable(e)),
     };
@@ -86,18 +88,11 @@ pub fn load(run: &RunDir, id: &str, epochs: u32, stores: &Stores<'_>, opt: &mut 
 }
 
 /// Reads and checks everything a resume needs, changing nothing.
-fn check(run: &RunDir, id: &str, epochs: u32, stores: &Stores<'_>, opt: &Sgd) -> anyhow::Result<(ResumeState, BTreeMap<String, Tensor>)> {
+fn check(run: &RunDir, spec: &RunSpec, stores: &Stores<'_>, opt: &Sgd) -> anyhow::Result<(ResumeState, BTreeMap<String, Tensor>)> {
     let p = resume_json(run);
+    // id, epoch (1..epochs-1) and rows agree with the config.
+    crate::store::verify::resume_state(&p, spec).map_err(|d| anyhow::anyhow!("{d}"))?;
     let st: ResumeState = crate::store::read_json(&p)?;
-    if st.id != id {
-        anyhow::bail!("{}: resume state belongs to run {}", p.display(), st.id);
-    }
-    if st.epoch == 0 || st.epoch >= epochs {
-        anyhow::bail!("{}: resume state after epoch {} of a {epochs}-epoch run (expected 1..{})", p.display(), st.epoch, epochs.saturating_sub(1));
-    }
-    if st.history.rows.len() != st.epoch as usize {
-        anyhow::bail!("{}: {} metric rows recorded for {} completed epochs", p.display(), st.history.rows.len(), st.epoch);
-    }
     let file = run.path.join(&st.file);
     let tensors: BTreeMap<String, Tensor> =
         Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?.into_iter().collect();
