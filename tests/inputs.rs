@@ -68,8 +68,10 @@ fn all_cases_passed() {
 /// Checks a clean refusal: exit 2, an `error:` line, every needle in the error, no panic report.
 fn refused(dir: &Path, args: &[&str], needles: &[&str]) -> String {
     let r = run(dir, args);
-    if r.code.is_none() && r.out.is_empty() {
-        fail(format!("harness {args:?}: killed (hang or signal)"));
+    if r.code.is_none() && r.out.starts_with("(killed") {
+        // Recorded by `run` as a hang.
+    } else if r.code.is_none() {
+        fail(format!("harness {args:?}: ended by a signal (abort, stack overflow):\n{}", r.out));
     } else if r.out.contains("panicked") || r.out.contains("RUST_BACKTRACE") {
         fail(format!("harness {args:?} panicked:\n{}", r.out));
     } else if r.code != Some(2) {
