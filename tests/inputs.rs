@@ -26,12 +26,8 @@ struct Ran {
 /// past [`DEADLINE`].
 fn run(dir: &Path, args: &[&str]) -> Ran {
     let (o, e) = (dir.join(".stdout"), dir.join(".stderr"));
-    let mut child = harness_cmd(args, dir)
-        .stdin(Stdio::null())
-        .stdout(File::create(&o).unwrap())
-        .stderr(File::create(&e).unwrap())
-        .spawn()
-        .expect("harness starts");
+    let mut child =
+        harness_cmd(args, dir).stdin(Stdio::null()).stdout(File::create(&o).unwrap()).stderr(File::create(&e).unwrap()).spawn().expect("harness starts");
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

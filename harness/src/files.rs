@@ -74,7 +74,8 @@ pub fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 /// Reads a whole regular file as UTF-8 text.
 pub fn read_to_string(path: &Path, what: &str) -> anyhow::Result<String> {
     let bytes = read(path, what)?;
-    String::from_utf8(bytes).map_err(|e| input(format!("{}: {what} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())))
+    String::from_utf8(bytes)
+        .map_err(|e| input(format!("{}: {what} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())))
 }
 
 /// For directory listings: refuses an entry that is a broken link or not a regular file, by its

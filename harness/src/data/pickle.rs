@@ -250,9 +250,10 @@ impl Vm<'_> {
     }
     /// Pays for a memo copy of a value of cost `c`.
     fn charge(&mut self, c: Cost, at: usize) -> Result<(), String> {
-        self.budget = self.budget.checked_sub(c.size).ok_or_else(|| {
-            format!("pickle memo copies at byte {at} exceed {BUDGET_PER_BYTE}x the file size (a memo bomb, or not a CIFAR batch)")
-        })?;
+        self.budget = self
+            .budget
+            .checked_sub(c.size)
+            .ok_or_else(|| format!("pickle memo copies at byte {at} exceed {BUDGET_PER_BYTE}x the file size (a memo bomb, or not a CIFAR batch)"))?;
         Ok(())
     }
     fn bytes(&mut self, n: usize) -> Result<(), String> {
@@ -312,181 +313,199 @@ impl Vm<'_> {
         loop {
             let at = self.pos;
             let op = self.u8()?;
-            match op {
-                0x80 => {
-                    self.u8()?;
-                }
-                0x95 => {
-                    self.u64()?;
-                }
-                b'.' => return self.pop().map(|(v, _)| v),
-                b'}' => self.leaf(Value::Dict(Vec::new()), 0)?,
-                b']' => self.leaf(Value::List(Vec::new()), 0)?,
-                b')' => self.leaf(Value::Tuple(Vec::new()), 0)?,
-                b'(' => self.leaf(Value::Mark, 0)?,
-                b'N' => self.leaf(Value::None, 0)?,
-                0x88 => self.leaf(Value::Bool(true), 0)?,
-                0x89 => self.leaf(Value::Bool(false), 0)?,
-                b'K' => {
-                    let v = self.u8()? as i64;
-                    self.leaf(Value::Int(v), 0)?
-                }
-                b'M' => {
-                    let b = self.take(2)?;
-                    let v = u16::from_le_bytes([b[0], b[1]]) as i64;
-                    self.leaf(Value::Int(v), 0)?
-                }
-                b'J' => {
-                    let v = self.u32()? as i32 as i64;
-                    self.leaf(Value::Int(v), 0)?
-                }
-                0x8a => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    if n > 8 {
-                        return Err(format!("integer too large at byte {at}"));
-                    }
-                    let mut v: i64 = 0;
-                    for (i, x) in b.iter().enumerate() {
-                        v |= (*x as i64) << (8 * i);
-                    }
-                    if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
-                        v -= 1i64 << (8 * n);
-                    }
-                    self.leaf(Value::Int(v), 0)?
-                }
-                b'I' => {
-                    let l = self.line()?;
-                    let v = match l.as_str() {
-                        "00" => Value::Bool(false),
-                        "01" => Value::Bool(true),
-                        s => Value::Int(s.trim().parse().map_err(|_| format!("bad INT at byte {at}"))?),
-                    };
-                    self.leaf(v, 0)?
-                }
-                b'G' => {
-                    let b = self.take(8)?;
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    self.leaf(Value::Float(f64::from_be_bytes(a)), 0)?
-                }
-                b'U' | b'C' => {
-                    let n = self.u8()? as usize;
-                    self.bytes(n)?
-                }
-                b'T' | b'B' => {
-                    let n = self.u32()?;
-                    let n = self.len_of(n as u64)?;
-                    self.bytes(n)?
-                }
-                0x8e => {
-                    let n = self.u64()?;
-                    let n = self.len_of(n)?;
-                    self.bytes(n)?
-                }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    self.string(n)?
-                }
-                b'X' => {
-                    let n = self.u32()?;
-                    let n = self.len_of(n as u64)?;
-                    self.string(n)?
-                }
-                0x8d => {
-                    let n = self.u64()?;
-                    let n = self.len_of(n)?;
-                    self.string(n)?
-                }
-                b'q' => {
-                    let i = self.u8()? as u32;
-                    self.memo_put(i, at)?
-                }
-                b'r' => {
-                    let i = self.u32()?;
-                    self.memo_put(i, at)?
-                }
-                0x94 => {
-                    let i = self.memo.len() as u32;
-                    self.memo_put(i, at)?
-                }
-                b'h' | b'j' => {
-                    let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
-                    let (v, c) = self.memo.get(&i).cloned().ok_or_else(|| format!("pickle memo {i} missing at byte {at}"))?;
-                    self.charge(c, at)?;
-                    self.push(v, c)?
-                }
-                b'c' => {
-                    let m = self.line()?;
-                    let n = self.line()?;
-                    let len = m.len() + n.len();
-                    self.leaf(Value::Global(m, n), len)?
-                }
-                0x93 => {
-                    let (n, _) = self.pop()?;
-                    let (m, _) = self.pop()?;
-                    match (m, n) {
-                        (Value::Str(m), Value::Str(n)) => {
-                            let len = m.len() + n.len();
-                            self.leaf(Value::Global(m, n), len)?
-                        }
-                        _ => return Err(format!("STACK_GLOBAL needs two strings at byte {at}")),
-                    }
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    if self.stack.len() < n {
-                        return Err(format!("pickle stack underflow at byte {at}"));
-                    }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    let c = Cost::of(items.iter().map(|(_, c)| c));
-                    self.push(Value::Tuple(items.into_iter().map(|(v, _)| v).collect()), c)?
-                }
-                b't' | b'l' => {
-                    let items = self.pop_mark()?;
-                    let c = Cost::of(items.iter().map(|(_, c)| c));
-                    let vs = items.into_iter().map(|(v, _)| v).collect();
-                    self.push(if op == b't' { Value::Tuple(vs) } else { Value::List(vs) }, c)?
-                }
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let (pairs, c) = Self::pairs(items, at)?;
-                    self.push(Value::Dict(pairs), c)?
-                }
-                b'R' | 0x81 => {
-                    let (args, ca) = self.pop()?;
-                    let (func, cf) = self.pop()?;
-                    self.push(Value::Object { func: Box::new(func), args: Box::new(args), state: None }, Cost::of([&ca, &cf]))?
-                }
-                b'b' => {
-                    let (s, cs) = self.pop()?;
-                    self.add_to_top(cs, |top| match top {
-                        Value::Object { state, .. } => {
-                            *state = Some(Box::new(s));
-                            Ok(())
-                        }
-                        _ => Err(format!("BUILD on a non-object at byte {at}")),
-                    })?
-                }
-                b'a' => {
-                    let item = self.pop()?;
-                    self.extend_list(vec![item], "APPEND", at)?
-                }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    self.extend_list(items, "APPENDS", at)?
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    self.extend_dict(vec![k, v], "SETITEM", at)?
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
-                    self.extend_dict(items, "SETITEMS", at)?
-                }
-                other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {at}")),
+            if op == b'.' {
+                return self.pop().map(|(v, _)| v);
+            }
+            if !self.scalar(op, at)? && !self.structure(op, at)? {
+                return Err(format!("unsupported pickle opcode 0x{op:02x} at byte {at}"));
             }
         }
+    }
+
+    /// Opcodes that push one value read from the stream (or skip framing); false if `op` is not one.
+    fn scalar(&mut self, op: u8, at: usize) -> Result<bool, String> {
+        match op {
+            0x80 => {
+                self.u8()?;
+            }
+            0x95 => {
+                self.u64()?;
+            }
+            b'}' => self.leaf(Value::Dict(Vec::new()), 0)?,
+            b']' => self.leaf(Value::List(Vec::new()), 0)?,
+            b')' => self.leaf(Value::Tuple(Vec::new()), 0)?,
+            b'(' => self.leaf(Value::Mark, 0)?,
+            b'N' => self.leaf(Value::None, 0)?,
+            0x88 => self.leaf(Value::Bool(true), 0)?,
+            0x89 => self.leaf(Value::Bool(false), 0)?,
+            b'K' => {
+                let v = self.u8()? as i64;
+                self.leaf(Value::Int(v), 0)?
+            }
+            b'M' => {
+                let b = self.take(2)?;
+                let v = u16::from_le_bytes([b[0], b[1]]) as i64;
+                self.leaf(Value::Int(v), 0)?
+            }
+            b'J' => {
+                let v = self.u32()? as i32 as i64;
+                self.leaf(Value::Int(v), 0)?
+            }
+            0x8a => {
+                let n = self.u8()? as usize;
+                let b = self.take(n)?.to_vec();
+                if n > 8 {
+                    return Err(format!("integer too large at byte {at}"));
+                }
+                let mut v: i64 = 0;
+                for (i, x) in b.iter().enumerate() {
+                    v |= (*x as i64) << (8 * i);
+                }
+                if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n);
+                }
+                self.leaf(Value::Int(v), 0)?
+            }
+            b'I' => {
+                let l = self.line()?;
+                let v = match l.as_str() {
+                    "00" => Value::Bool(false),
+                    "01" => Value::Bool(true),
+                    s => Value::Int(s.trim().parse().map_err(|_| format!("bad INT at byte {at}"))?),
+                };
+                self.leaf(v, 0)?
+            }
+            b'G' => {
+                let b = self.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                self.leaf(Value::Float(f64::from_be_bytes(a)), 0)?
+            }
+            b'U' | b'C' => {
+                let n = self.u8()? as usize;
+                self.bytes(n)?
+            }
+            b'T' | b'B' => {
+                let n = self.u32()?;
+                let n = self.len_of(n as u64)?;
+                self.bytes(n)?
+            }
+            0x8e => {
+                let n = self.u64()?;
+                let n = self.len_of(n)?;
+                self.bytes(n)?
+            }
+            0x8c => {
+                let n = self.u8()? as usize;
+                self.string(n)?
+            }
+            b'X' => {
+                let n = self.u32()?;
+                let n = self.len_of(n as u64)?;
+                self.string(n)?
+            }
+            0x8d => {
+                let n = self.u64()?;
+                let n = self.len_of(n)?;
+                self.string(n)?
+            }
+            b'c' => {
+                let m = self.line()?;
+                let n = self.line()?;
+                let len = m.len() + n.len();
+                self.leaf(Value::Global(m, n), len)?
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Opcodes that build, fill or memoize values already on the stack; false if `op` is not one.
+    fn structure(&mut self, op: u8, at: usize) -> Result<bool, String> {
+        match op {
+            b'q' => {
+                let i = self.u8()? as u32;
+                self.memo_put(i, at)?
+            }
+            b'r' => {
+                let i = self.u32()?;
+                self.memo_put(i, at)?
+            }
+            0x94 => {
+                let i = self.memo.len() as u32;
+                self.memo_put(i, at)?
+            }
+            b'h' | b'j' => {
+                let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
+                let (v, c) = self.memo.get(&i).cloned().ok_or_else(|| format!("pickle memo {i} missing at byte {at}"))?;
+                self.charge(c, at)?;
+                self.push(v, c)?
+            }
+            0x93 => {
+                let (n, _) = self.pop()?;
+                let (m, _) = self.pop()?;
+                match (m, n) {
+                    (Value::Str(m), Value::Str(n)) => {
+                        let len = m.len() + n.len();
+                        self.leaf(Value::Global(m, n), len)?
+                    }
+                    _ => return Err(format!("STACK_GLOBAL needs two strings at byte {at}")),
+                }
+            }
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                if self.stack.len() < n {
+                    return Err(format!("pickle stack underflow at byte {at}"));
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                let c = Cost::of(items.iter().map(|(_, c)| c));
+                self.push(Value::Tuple(items.into_iter().map(|(v, _)| v).collect()), c)?
+            }
+            b't' | b'l' => {
+                let items = self.pop_mark()?;
+                let c = Cost::of(items.iter().map(|(_, c)| c));
+                let vs = items.into_iter().map(|(v, _)| v).collect();
+                self.push(if op == b't' { Value::Tuple(vs) } else { Value::List(vs) }, c)?
+            }
+            b'd' => {
+                let items = self.pop_mark()?;
+                let (pairs, c) = Self::pairs(items, at)?;
+                self.push(Value::Dict(pairs), c)?
+            }
+            b'R' | 0x81 => {
+                let (args, ca) = self.pop()?;
+                let (func, cf) = self.pop()?;
+                self.push(Value::Object { func: Box::new(func), args: Box::new(args), state: None }, Cost::of([&ca, &cf]))?
+            }
+            b'b' => {
+                let (s, cs) = self.pop()?;
+                self.add_to_top(cs, |top| match top {
+                    Value::Object { state, .. } => {
+                        *state = Some(Box::new(s));
+                        Ok(())
+                    }
+                    _ => Err(format!("BUILD on a non-object at byte {at}")),
+                })?
+            }
+            b'a' => {
+                let item = self.pop()?;
+                self.extend_list(vec![item], "APPEND", at)?
+            }
+            b'e' => {
+                let items = self.pop_mark()?;
+                self.extend_list(items, "APPENDS", at)?
+            }
+            b's' => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.extend_dict(vec![k, v], "SETITEM", at)?
+            }
+            b'u' => {
+                let items = self.pop_mark()?;
+                self.extend_dict(items, "SETITEMS", at)?
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 }

@@ -106,7 +106,8 @@ pub fn read_checked(path: &Path, vars: &BTreeMap<String, Tensor>, model: &str) -
             let kind = float_kind(t.dtype).unwrap_or(tch::Kind::Float);
             let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
             let (s, e) = t.data_offsets;
-            let x = Tensor::f_from_data_size(&bytes[8 + n + s..8 + n + e], &shape, kind).map_err(|e| InputError::new(format!("{}: reading `{k}`: {e}", path.display())))?;
+            let x = Tensor::f_from_data_size(&bytes[8 + n + s..8 + n + e], &shape, kind)
+                .map_err(|e| InputError::new(format!("{}: reading `{k}`: {e}", path.display())))?;
             let x64 = x.f_to_kind(tch::Kind::Double).map_err(|e| InputError::new(format!("{}: reading `{k}`: {e}", path.display())))?;
             if x64.numel() > 0 && !bool::try_from(x64.isfinite().all()).unwrap_or(false) {
                 nonfinite.push(k.clone());

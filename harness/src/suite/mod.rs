@@ -814,8 +814,8 @@ impl Suite {
         check_model_for(&self.src, &ctx.at.path, &tmodel, info)?;
         if let Some(ck) = decl.and_then(|d| d.checkpoint.clone()) {
             let decl_path = decl.map(|d| d.path.clone()).unwrap_or_default();
-            let bytes =
-                crate::files::read(&ck, "teacher checkpoint").map_err(|e| input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("{e:#}"))))?;
+            let bytes = crate::files::read(&ck, "teacher checkpoint")
+                .map_err(|e| input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("{e:#}"))))?;
             return Ok((vec![], TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: blake3::hash(&bytes).to_hex().to_string() }));
         }
         let mut runs = Vec::new();
