@@ -201,6 +201,15 @@ impl Vm<'_> {
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
+    /// The length field of a bytes/str opcode: 1 byte (short forms), 8 (protocol 4's) or 4.
+    fn length(&mut self, op: u8) -> Result<usize, String> {
+        let n = match op {
+            b'U' | b'C' | 0x8c => self.u8()? as u64,
+            0x8e | 0x8d => self.u64()?,
+            _ => self.u32()? as u64,
+        };
+        self.len_of(n)
+    }
     /// A 32- or 64-bit length as usize (a length beyond the address space is truncation too).
     fn len_of(&self, n: u64) -> Result<usize, String> {
         usize::try_from(n).map_err(|_| format!("truncated pickle at byte {}: {n} bytes declared", self.pos))
@@ -381,32 +390,12 @@ impl Vm<'_> {
                 a.copy_from_slice(b);
                 self.leaf(Value::Float(f64::from_be_bytes(a)), 0)?
             }
-            b'U' | b'C' => {
-                let n = self.u8()? as usize;
+            b'U' | b'C' | b'T' | b'B' | 0x8e => {
+                let n = self.length(op)?;
                 self.bytes(n)?
             }
-            b'T' | b'B' => {
-                let n = self.u32()?;
-                let n = self.len_of(n as u64)?;
-                self.bytes(n)?
-            }
-            0x8e => {
-                let n = self.u64()?;
-                let n = self.len_of(n)?;
-                self.bytes(n)?
-            }
-            0x8c => {
-                let n = self.u8()? as usize;
-                self.string(n)?
-            }
-            b'X' => {
-                let n = self.u32()?;
-                let n = self.len_of(n as u64)?;
-                self.string(n)?
-            }
-            0x8d => {
-                let n = self.u64()?;
-                let n = self.len_of(n)?;
+            0x8c | b'X' | 0x8d => {
+                let n = self.length(op)?;
                 self.string(n)?
             }
             b'c' => {
