@@ -531,3 +531,25 @@ fn mutated_npy_arrays_give_a_value_or_an_error() {
         }
     });
 }
+
+// ------------------------------------------------------------------ plan-time method checks
+
+/// The suite refuses `sokd` with a teacher outside `BRIDGE_FAMILIES` at plan time; that list must
+/// be exactly the families whose last stage the bridge can re-run (the check sokd itself makes).
+#[test]
+fn sokd_bridge_families_match_the_models_that_can_host_one() {
+    let mut seen = std::collections::BTreeSet::new();
+    for e in models::entries().filter(|e| seen.insert(e.family)) {
+        // Small inputs keep it fast: every family but `Fixed` ones pools globally.
+        let (c, h, w) = match e.input {
+            models::Input::Fixed(c, h, w) => (c, h, w),
+            other => (other.shape().map_or(1, |s| s.0), 32, 32),
+        };
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let m = (e.build)(&vs.root(), ModelCfg { in_channels: c, num_classes: 10 });
+        let out = tch::no_grad(|| m.forward(&Tensor::zeros([1, c, h, w], (Kind::Float, Device::Cpu)), false));
+        let stage = out.feats.len().saturating_sub(2);
+        let bridge = stage > 0 && tch::no_grad(|| m.forward_tail(&out.feats[stage], stage, false)).is_some();
+        assert_eq!(bridge, harness::distill::sokd::has_bridge(e.name), "family {} ({})", e.family, e.name);
+    }
+}
