@@ -434,10 +434,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::LossEval(a) => {
-            let arrays: std::collections::BTreeMap<String, tch::Tensor> = tch::Tensor::read_npz(&a.input)
-                .map_err(|e| crate::error::InputError::new(format!("{}: cannot read as .npz: {e}", a.input.display())))?
-                .into_iter()
-                .collect();
+            let arrays = data::npz::read_npz(&a.input)?;
             let out = distill::eval::loss_eval(&a.method, &arrays, &a.params, a.epoch).map_err(|e| e.context(format!("{}", a.input.display())))?;
             println!("{out}");
             Ok(0)
@@ -457,6 +454,11 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
 fn load_plan(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Suite, Plan, PathBuf)> {
     let suite = Suite::load(suite_path)?;
     let dir = data::resolve_dir(data_flag, suite.data_dir.as_deref());
+    match (data_flag, &suite.data_dir) {
+        (Some(_), _) => data::check_explicit_dir(&suite.dataset, &dir, "--data-dir", false)?,
+        (None, Some(_)) => data::check_explicit_dir(&suite.dataset, &dir, &format!("{}: [suite].data_dir", suite.path().display()), true)?,
+        (None, None) => {}
+    }
     let fp = data::plan_fingerprint(&suite.dataset, &dir).map_err(|e| match data::availability::missing(&suite.dataset, &dir) {
         Some(m) => e.context(format!("{}: dataset {} is not there; to get it: {}", suite.path().display(), suite.dataset, m.how)),
         None => e,
@@ -511,6 +513,26 @@ fn damaged_guard(plan: &Plan, results: &Path, retrain: bool, dry_run: bool) -> a
         }
         let to = crate::store::verify::move_aside(&dir)?;
         println!("moved the files of damaged run {} {} to {}; it trains again", r.spec.id, r.spec.label(), to.display());
+    }
+    Ok(())
+}
+
+/// Validates every teacher checkpoint the plan uses (names, shapes, dtypes, finite values, BN
+/// variances) before anything trains: a bad file is an error at `plan`/`run` time naming the
+/// suite key, not a failure of its first student after other runs trained.
+fn check_checkpoints(suite: &Suite, plan: &Plan) -> anyhow::Result<()> {
+    let info = data::info(&suite.dataset).ok_or_else(|| crate::error::InputError::new(format!("unknown dataset `{}`", suite.dataset)))?;
+    let cfg = models::ModelCfg { in_channels: info.shape.0, num_classes: info.classes };
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &plan.runs {
+        let parent = r.spec.prune.as_ref().map(|p| &p.parent);
+        for t in r.spec.teachers.iter().chain(parent) {
+            if let crate::suite::TeacherRef::Checkpoint { path, model, .. } = t {
+                if seen.insert((path.clone(), model.clone())) {
+                    models::checkpoint::validate(Path::new(path), model, cfg).map_err(|e| suite.checkpoint_error(path, e))?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -709,6 +731,7 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
 
 fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
     let (suite, plan, waiting) = load_plan_waiting(&a.suite, a.data.data_dir.as_deref())?;
+    check_checkpoints(&suite, &plan)?;
     println!(
         "suite {} ({}): {} runs = {} teachers + {} students, from {} grid points",
         plan.suite,
@@ -820,6 +843,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     if let Some(only) = &a.only {
         plan = sched::filter(&plan, only)?;
     }
+    check_checkpoints(&suite, &plan)?;
     damaged_guard(&plan, &a.results, a.retrain_damaged, a.dry_run)?;
     if a.executor == Executor::Slurm {
         return run_slurm(&a, &suite, &plan, &data_dir);
@@ -938,6 +962,9 @@ fn print_outcomes(plan: &Plan, results: &Path, outcomes: &[Outcome]) -> i32 {
 fn eval(a: EvalArgs) -> anyhow::Result<i32> {
     let device = env::parse_device(&a.device)?;
     let dir = data::resolve_dir(a.data.data_dir.as_deref(), None);
+    if a.data.data_dir.is_some() {
+        data::check_explicit_dir(&a.dataset, &dir, "--data-dir", false)?;
+    }
     // Streamed datasets (ImageNet) decode the test split batch by batch.
     let data = data::Dataset::load(&a.dataset, &dir, device)?;
     let mut net = train::build(&a.model, &data, device)?;
@@ -955,7 +982,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<i32> {
         e.loss
     );
     if let Some(p) = a.save_logits {
-        logits.write_npy(&p).map_err(|err| anyhow::anyhow!("writing {}: {err}", p.display()))?;
+        logits.write_npy(&p).map_err(|err| crate::error::InputError::new(format!("--save-logits {}: cannot write: {err}", p.display())))?;
         println!("wrote logits {:?} to {}", logits.size(), p.display());
     }
     Ok(0)

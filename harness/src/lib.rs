@@ -9,6 +9,7 @@ pub mod data;
 pub mod distill;
 pub mod env;
 pub mod error;
+pub mod files;
 pub mod models;
 pub mod report;
 pub mod sched;

@@ -34,11 +34,11 @@ pub fn load(kind: Kind, dir: &Path) -> anyhow::Result<(RawSplit, RawSplit, Strin
     let (py, bin) = kind.dirs();
     let candidates: Vec<PathBuf> = vec![dir.join(py), dir.join(bin), dir.to_path_buf()];
     for c in &candidates {
-        if c.join(python_files(kind).0[0]).is_file() {
+        if present(&c.join(python_files(kind).0[0]))? {
             let (train, test) = load_python(kind, c)?;
             return Ok((train, test, c.display().to_string()));
         }
-        if c.join(binary_files(kind).0[0]).is_file() {
+        if present(&c.join(binary_files(kind).0[0]))? {
             let (train, test) = load_binary(kind, c)?;
             return Ok((train, test, c.display().to_string()));
         }
@@ -65,8 +65,18 @@ fn binary_files(kind: Kind) -> (Vec<&'static str>, Vec<&'static str>) {
     }
 }
 
+/// Whether a layout's first file is there: a regular file is; a broken link, FIFO, device or
+/// folder by that name is an error naming it (not a silent "no data found").
+fn present(path: &Path) -> anyhow::Result<bool> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(false);
+    }
+    crate::files::check_regular(path, "CIFAR batch file")?;
+    Ok(true)
+}
+
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| input(format!("{}: cannot read: {e}", path.display())))
+    crate::files::read(path, "CIFAR batch file")
 }
 
 fn classes(kind: Kind) -> i64 {

@@ -12,11 +12,20 @@ use super::RawSplit;
 /// The committed file.
 pub const CSV_GZ: &[u8] = include_bytes!("../../../data/digits.csv.gz");
 
+/// Its name in a data folder (which then replaces the embedded copy).
+pub const FILE: &str = "digits.csv.gz";
+
+/// Largest decompressed CSV accepted (the real one is 0.3 MB): a gzip bomb is refused, not inflated.
+const MAX_CSV: u64 = 64 << 20;
+
 /// Parses the gzipped CSV (64 pixel values then the label per row) into (train, test).
 pub fn load_from(bytes: &[u8], name: &str) -> anyhow::Result<(RawSplit, RawSplit)> {
     let bad = |m: String| anyhow::Error::new(crate::error::InputError(format!("{name}: {m}")));
     let mut text = String::new();
-    flate2::read::GzDecoder::new(bytes).read_to_string(&mut text).map_err(|e| bad(format!("not a gzipped CSV: {e}")))?;
+    flate2::read::GzDecoder::new(bytes).take(MAX_CSV + 1).read_to_string(&mut text).map_err(|e| bad(format!("not a gzipped CSV: {e}")))?;
+    if text.len() as u64 > MAX_CSV {
+        return Err(bad(format!("decompresses to more than {} MB; the digits CSV is 0.3 MB", MAX_CSV >> 20)));
+    }
     let mut train = RawSplit::default();
     let mut test = RawSplit::default();
     let mut i = 0usize;

@@ -52,6 +52,10 @@ impl ImageFolder {
             let e = e.map_err(|e| input(format!("{}: cannot list: {e}", dir.display())))?;
             if e.path().is_dir() {
                 classes.push(e.file_name().to_string_lossy().into_owned());
+            } else if e.file_type().is_ok_and(|t| t.is_symlink()) && std::fs::metadata(e.path()).is_err() {
+                // Skipping it would drop a class and shift every later label.
+                let target = std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into());
+                return Err(input(format!("{}: broken symbolic link (to `{target}`); expected a class folder", e.path().display())));
             }
         }
         classes.sort();

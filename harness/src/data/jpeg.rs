@@ -22,7 +22,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> anyhow::Result<RgbImage> {
 
 /// Reads and decodes one JPEG file.
 pub fn read(path: &Path) -> anyhow::Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| InputError::new(format!("{}: cannot read: {e}", path.display())))?;
+    let bytes = crate::files::read(path, "image")?;
     decode(&bytes, path)
 }
 

@@ -13,6 +13,7 @@ pub mod cifar;
 pub mod digits;
 pub mod imagenet;
 pub mod jpeg;
+pub mod npz;
 pub mod pickle;
 pub mod synth;
 pub mod tiny_imagenet;
@@ -134,6 +135,30 @@ pub fn resolve_dir(flag: Option<&Path>, suite: Option<&Path>) -> PathBuf {
     PathBuf::from("data")
 }
 
+/// Refuses a data folder the user named (`--data-dir` or `[suite].data_dir`) that does not
+/// exist. Digits is embedded: a suite's `data_dir` (a digits-specific setting) must hold a
+/// `digits.csv.gz`, or it is an error; a `--data-dir` flag (often shared by several suites)
+/// without one gets a note that the embedded copy is used. `$KD_HARNESS_DATA` and `./data` are
+/// general defaults and are not checked.
+pub fn check_explicit_dir(name: &str, dir: &Path, origin: &str, from_suite: bool) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        let what = if std::fs::symlink_metadata(dir).is_ok() { "is not a folder (or is a broken link)" } else { "does not exist" };
+        crate::input_bail!("{origin} {}: {what}; expected the folder holding the {name} data", dir.display());
+    }
+    if name == "digits" && std::fs::symlink_metadata(dir.join(digits::FILE)).is_err() {
+        if from_suite {
+            crate::input_bail!(
+                "{origin} {}: no {} in it; digits is embedded in the harness, so a data folder only serves to replace that copy. \
+                 Drop data_dir to train on the embedded digits",
+                dir.display(),
+                digits::FILE
+            );
+        }
+        eprintln!("note: {origin} {} holds no {}; digits uses its embedded copy", dir.display(), digits::FILE);
+    }
+    Ok(())
+}
+
 /// One training batch: normalised images, labels, dataset indices (all on the training device).
 pub type TrainBatch = (Tensor, Tensor, Tensor);
 
@@ -181,10 +206,11 @@ pub fn read(name: &str, dir: &Path) -> anyhow::Result<(&'static DatasetInfo, Raw
         "cifar10" => cifar::load(cifar::Kind::C10, dir)?,
         "cifar100" => cifar::load(cifar::Kind::C100, dir)?,
         "digits" => {
-            // A digits.csv.gz in the data dir wins over the embedded copy.
-            let p = dir.join("digits.csv.gz");
-            if p.is_file() {
-                let bytes = std::fs::read(&p).map_err(|e| crate::error::InputError::new(format!("{}: {e}", p.display())))?;
+            // A digits.csv.gz in the data dir wins over the embedded copy (a broken link or a
+            // FIFO by that name is an error, not a silent fallback).
+            let p = dir.join(digits::FILE);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                let bytes = crate::files::read(&p, "gzipped digits CSV")?;
                 let (a, b) = digits::load_from(&bytes, &p.display().to_string())?;
                 (a, b, p.display().to_string())
             } else {

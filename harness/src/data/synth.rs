@@ -11,6 +11,9 @@ use rand_chacha::ChaCha8Rng;
 use super::RawSplit;
 use super::cifar::{self, Kind as CifarKind};
 
+/// Most images (train + test) `harness data synth` writes: 3 GB of pixels.
+pub const MAX_IMAGES: i64 = 1_000_000;
+
 /// Generates (train, test) deterministically from `seed` (its own generator: independent of
 /// libtorch's global one and of other threads).
 pub fn generate(classes: i64, n_train: i64, n_test: i64, seed: u64, noise: f64) -> (RawSplit, RawSplit) {
@@ -74,7 +77,17 @@ pub fn write(out: &Path, classes: i64, n_train: i64, n_test: i64, seed: u64, noi
         other => crate::input_bail!("--classes {other}: the CIFAR binary layout holds 10 or 100 classes"),
     };
     if n_train < classes || n_test < 1 {
-        crate::input_bail!("--train must be at least the number of classes ({classes}) and --test at least 1");
+        crate::input_bail!("--train must be at least the number of classes ({classes}) and --test at least 1 (found --train {n_train}, --test {n_test})");
+    }
+    // Checked before anything is allocated: the images are held in memory while they are written.
+    if n_train.saturating_add(n_test) > MAX_IMAGES {
+        crate::input_bail!(
+            "--train {n_train} + --test {n_test} images: at most {MAX_IMAGES} in all ({} GB of pixels held in memory); CIFAR itself has 60000",
+            MAX_IMAGES * 3072 / 1_000_000_000
+        );
+    }
+    if !(noise.is_finite() && noise >= 0.0) {
+        crate::input_bail!("--noise {noise}: expected a finite standard deviation >= 0 (0-255 pixel scale)");
     }
     let (train, test) = generate(classes, n_train, n_test, seed, noise);
     cifar::write_binary(kind, out, &train, &test)

@@ -34,7 +34,10 @@ fn input(msg: String) -> anyhow::Error {
 /// The folder holding `wnids.txt`: `dir/tiny-imagenet-200` or `dir` itself.
 pub fn locate(dir: &Path) -> anyhow::Result<PathBuf> {
     for c in [dir.join("tiny-imagenet-200"), dir.to_path_buf()] {
-        if c.join("wnids.txt").is_file() {
+        let w = c.join("wnids.txt");
+        if std::fs::symlink_metadata(&w).is_ok() {
+            // A broken link or a FIFO by that name is named, not skipped.
+            crate::files::check_regular(&w, "Tiny-ImageNet class list")?;
             return Ok(c);
         }
     }
@@ -48,7 +51,7 @@ pub fn locate(dir: &Path) -> anyhow::Result<PathBuf> {
 /// Sorted wnids; `expected` classes (200 for the real dataset; tests use fewer).
 fn wnids(root: &Path) -> anyhow::Result<Vec<String>> {
     let p = root.join("wnids.txt");
-    let text = std::fs::read_to_string(&p).map_err(|e| input(format!("{}: cannot read: {e}", p.display())))?;
+    let text = crate::files::read_to_string(&p, "Tiny-ImageNet class list")?;
     let mut ids: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     ids.sort();
     ids.dedup();
@@ -58,14 +61,17 @@ fn wnids(root: &Path) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
-/// Image files (`.JPEG`, any case) of a folder, sorted by name.
+/// Image files (`.JPEG`, any case) of a folder, sorted by name. An image name that is a broken
+/// link, a FIFO or a device is an error here, when the folder is listed, not mid-epoch.
 pub fn jpegs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| input(format!("{}: cannot list: {e}", dir.display())))?;
     let mut out = Vec::new();
     for e in rd {
-        let p = e.map_err(|e| input(format!("{}: cannot list: {e}", dir.display())))?.path();
+        let e = e.map_err(|e| input(format!("{}: cannot list: {e}", dir.display())))?;
+        let p = e.path();
         let ext = p.extension().and_then(|x| x.to_str()).map(str::to_ascii_lowercase);
         if matches!(ext.as_deref(), Some("jpeg" | "jpg")) {
+            crate::files::check_entry(&e, "image")?;
             out.push(p);
         }
     }
@@ -87,8 +93,7 @@ pub fn samples(root: &Path) -> anyhow::Result<(Vec<String>, Files, Files)> {
         train.extend(files.into_iter().map(|f| (f, i as i64)));
     }
     let ann = root.join("val").join("val_annotations.txt");
-    let text = std::fs::read_to_string(&ann)
-        .map_err(|e| input(format!("{}: cannot read the validation labels ({e}); expected `<file>\\t<wnid>\\t<box>` lines", ann.display())))?;
+    let text = crate::files::read_to_string(&ann, "validation label file (`<file>\\t<wnid>\\t<box>` lines)")?;
     let mut val = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let mut f = line.split('\t');

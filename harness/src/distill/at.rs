@@ -48,7 +48,11 @@ pub fn at_single(fs: &Tensor, ft: &Tensor, p: f64) -> Tensor {
 /// Sum over stage pairs.
 pub fn at_loss(fs: &[Tensor], ft: &[Tensor], p: f64) -> anyhow::Result<Tensor> {
     if fs.len() != ft.len() || fs.is_empty() {
-        anyhow::bail!("at needs the same number of stages in student ({}) and teacher ({})", fs.len(), ft.len());
+        crate::input_bail!(
+            "method `at` pairs student and teacher stages one to one, but the student has {} and the teacher {}; pick a teacher/student pair with as many stages",
+            fs.len(),
+            ft.len()
+        );
     }
     let mut total = at_single(&fs[0], &ft[0], p);
     for (a, b) in fs.iter().zip(ft).skip(1) {

@@ -66,7 +66,9 @@ impl Regressor {
         } else if hs >= ht {
             Conv::Same(nn::conv(p / "conv", cs, ct, [1 + hs - ht, 1 + ws - wt], Default::default()))
         } else {
-            anyhow::bail!("fitnet: student hint map {hs}x{ws} is smaller than the teacher's {ht}x{wt} (and not half of it)");
+            crate::input_bail!(
+                "method `fitnet`: the student's hint map ({hs}x{ws}) is smaller than the teacher's ({ht}x{wt}) and not half of it, so no regressor maps one onto the other; choose another `fitnet.hint_layer` or teacher/student pair"
+            );
         };
         let bn = crate::models::bn(p / "bn", ct);
         Ok(Regressor { conv, bn })
@@ -95,7 +97,13 @@ pub fn hint_loss(proj: &Tensor, ft: &Tensor) -> Tensor {
 }
 
 fn hint_map(o: &Output, i: usize) -> anyhow::Result<&Tensor> {
-    o.feats.get(i).ok_or_else(|| anyhow::anyhow!("fitnet: hint_layer {i} but the model has {} stage maps", o.feats.len()))
+    o.feats.get(i).ok_or_else(|| {
+        anyhow::Error::new(crate::error::InputError::new(format!(
+            "method `fitnet`: `hint_layer = {i}` but the model has {} stage maps (0..{}); lower `fitnet.hint_layer` in the suite",
+            o.feats.len(),
+            o.feats.len().saturating_sub(1)
+        )))
+    })
 }
 
 impl Distiller for FitNet {
@@ -109,7 +117,11 @@ impl Distiller for FitNet {
         };
         let ft = hint_map(t, self.hint)?;
         if proj.size() != ft.size() {
-            anyhow::bail!("fitnet: student hint {:?} and teacher hint {:?} differ; use the regressor", proj.size(), ft.size());
+            crate::input_bail!(
+                "method `fitnet`: the student's hint {:?} and the teacher's {:?} differ; set `fitnet.regressor = true` in the suite or pick matching models",
+                proj.size(),
+                ft.size()
+            );
         }
         let mut terms = feature_logit_terms(step, &self.p)?;
         terms.push(("hint", hint_loss(&proj, ft) * self.beta));

@@ -29,6 +29,22 @@ pub static INFO: MethodInfo = MethodInfo {
     build,
 };
 
+/// Model families whose last stage can be re-run as a bridge (`Model::forward_tail`).
+pub const BRIDGE_FAMILIES: &[&str] = &["resnet_cifar", "wrn", "resnet_v2", "resnet_imagenet", "mobilenetv2_tiny"];
+
+/// Whether a teacher model can host SOKD's knowledge bridge; the suite checks this at plan time.
+pub fn has_bridge(model: &str) -> bool {
+    models::find(model).is_some_and(|e| BRIDGE_FAMILIES.contains(&e.family))
+}
+
+/// Why a teacher cannot host the bridge, phrased as the change to make in the suite.
+pub fn no_bridge(model: &str) -> String {
+    format!(
+        "method `sokd` re-runs the teacher's last stage as its knowledge bridge, and teacher `{model}` has no such stage; \
+         use a resnet*, wrn_*, ResNet18/50 or mobilenetv2_tinyimagenet teacher for sokd, or another method"
+    )
+}
+
 fn build(p: &Params) -> anyhow::Result<Box<dyn Distiller>> {
     Ok(Box::new(Sokd { tau: float(p, "tau")?, teacher_train: boolean(p, "teacher_train")?, teacher: None, bridge: None, correct: 0.0, seen: 0.0 }))
 }
@@ -69,13 +85,15 @@ impl Distiller for Sokd {
     }
 
     fn init_modules(&mut self, vs: &nn::Path, _student: &Output, teachers: &[Output]) -> anyhow::Result<()> {
-        let (name, cfg) = self.teacher.clone().ok_or_else(|| anyhow::anyhow!("sokd needs a teacher"))?;
-        let entry = models::find(&name).ok_or_else(|| anyhow::anyhow!("sokd: unknown teacher model {name}"))?;
+        // Both are set by the training loop for every run of a suite with a teacher (the suite
+        // refuses sokd without one); reaching these errors is a harness bug, said as such.
+        let (name, cfg) = self.teacher.clone().ok_or_else(|| anyhow::anyhow!("internal: sokd was not told its teacher's model (set_models)"))?;
+        let entry = models::find(&name).ok_or_else(|| anyhow::anyhow!("internal: sokd's teacher model `{name}` is not in the zoo"))?;
         let bridge = (entry.build)(&(vs / "bridge"), cfg);
-        let t = teachers.first().ok_or_else(|| anyhow::anyhow!("sokd needs a teacher"))?;
+        let t = teachers.first().ok_or_else(|| anyhow::anyhow!("internal: sokd got no teacher outputs"))?;
         let stage = t.feats.len().saturating_sub(2);
         if stage == 0 || bridge.forward_tail(&t.feats[stage].detach().zeros_like(), stage, false).is_none() {
-            anyhow::bail!("sokd: teacher `{name}` has no knowledge bridge (supported: resnet*, wrn_*, ResNet18/50)");
+            crate::input_bail!("{}", no_bridge(&name));
         }
         self.bridge = Some(bridge);
         Ok(())

@@ -287,6 +287,10 @@ fn load(spec: &str, expected: &[Expected], metric: Metric) -> anyhow::Result<Vec
 /// Checks the current results against a baseline.
 pub fn check(r: &Report, baseline: &str, expected: &[Expected], o: &CheckOptions) -> anyhow::Result<Outcome> {
     let bases = load(baseline, expected, o.metric)?;
+    if bases.is_empty() {
+        // Nothing to compare would pass every check: an empty baseline is bad input.
+        crate::input_bail!("--baseline {baseline}: holds no groups to compare against; freeze one with `harness baseline` after runs finished");
+    }
     let mut lines = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for b in &bases {

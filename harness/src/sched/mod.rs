@@ -198,6 +198,9 @@ pub fn filter(plan: &Plan, only: &str) -> anyhow::Result<Plan> {
         })
     };
     let mut keep: Vec<bool> = plan.runs.iter().map(|r| matches(r)).collect();
+    if !keep.contains(&true) {
+        return Err(nothing_selected(plan, only, &conds));
+    }
     // Pull in dependencies until nothing changes.
     loop {
         let mut changed = false;
@@ -219,6 +222,45 @@ pub fn filter(plan: &Plan, only: &str) -> anyhow::Result<Plan> {
     }
     let runs = plan.runs.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| r.clone()).collect();
     Ok(Plan { suite: plan.suite.clone(), runs, points: plan.points })
+}
+
+/// The values each `--only` key takes in the plan, for the error of a selection that selects nothing.
+fn nothing_selected(plan: &Plan, only: &str, conds: &[(String, String)]) -> anyhow::Error {
+    let values = |k: &str| -> Vec<String> {
+        let mut v: Vec<String> = plan
+            .runs
+            .iter()
+            .flat_map(|r| {
+                let s = &r.spec;
+                match k {
+                    "id" => vec![s.id.clone()],
+                    "role" => vec![if s.role == Role::Teacher { "teacher".into() } else { "student".into() }],
+                    "model" | "student" => vec![s.model.clone()],
+                    "teacher" => s.teachers.iter().map(|t| t.model().to_string()).collect(),
+                    "method" => vec![s.method.clone()],
+                    "seed" => vec![s.seed.to_string()],
+                    _ => match k.split_once('.') {
+                        Some(("train", b)) => serde_json::to_value(&s.train).ok().and_then(|j| j.get(b).map(|x| x.to_string())).into_iter().collect(),
+                        Some((m, b)) if *m == s.method => s.params.get(b).map(|p| p.to_string()).into_iter().collect(),
+                        _ => vec![],
+                    },
+                }
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let parts: Vec<String> = conds
+        .iter()
+        .map(|(k, v)| {
+            let present = values(k);
+            let shown = if present.is_empty() { "none".to_string() } else { present.iter().take(20).cloned().collect::<Vec<_>>().join(", ") };
+            let more = if present.len() > 20 { format!(" (and {} more)", present.len() - 20) } else { String::new() };
+            format!("`{k}` is {} in this suite{more} (you asked for `{v}`)", shown)
+        })
+        .collect();
+    anyhow::Error::new(crate::error::InputError::new(format!("--only {only}: selects no run of suite {}; {}", plan.suite, parts.join("; "))))
 }
 
 /// The run directories of a plan, with `config.json` written for every unfinished run (what

@@ -231,7 +231,7 @@ fn input(msg: String) -> anyhow::Error {
 impl Suite {
     /// Reads and validates a suite file. Errors are [`InputError`]s naming file, line and key.
     pub fn load(path: &Path) -> anyhow::Result<Suite> {
-        let text = std::fs::read_to_string(path).map_err(|e| input(format!("{}: cannot read suite file: {e}", path.display())))?;
+        let text = crate::files::read_to_string(path, "suite file")?;
         Suite::parse(path, text)
     }
 
@@ -471,7 +471,7 @@ impl Suite {
                 .collect();
             axes.push(Axis::Product { key: "seed".into(), values });
         }
-        let total: usize = axes.iter().map(Axis::len).product();
+        let total = grid_size(&self.src, &axes)?;
         let mut teachers: Vec<PlannedRun> = Vec::new();
         let mut students: Vec<PlannedRun> = Vec::new();
         let mut index: BTreeMap<String, (Role, usize)> = BTreeMap::new();
@@ -635,6 +635,12 @@ impl Suite {
                     let (runs, tref) = self.teacher_run(&tname, &ctx, None, true, 0)?;
                     add(runs, tref, &mut deps);
                 }
+            }
+        }
+
+        if method == "sokd" {
+            if let Some(t) = teachers.iter().find(|t| !distill::sokd::has_bridge(t.model())) {
+                return Err(err(get("teacher").or(get("chain")).unwrap_or(anchor), distill::sokd::no_bridge(t.model())));
             }
         }
 
@@ -808,8 +814,8 @@ impl Suite {
         check_model_for(&self.src, &ctx.at.path, &tmodel, info)?;
         if let Some(ck) = decl.and_then(|d| d.checkpoint.clone()) {
             let decl_path = decl.map(|d| d.path.clone()).unwrap_or_default();
-            let bytes = std::fs::read(&ck)
-                .map_err(|e| input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("cannot read checkpoint {}: {e}", ck.display()))))?;
+            let bytes = crate::files::read(&ck, "teacher checkpoint")
+                .map_err(|e| input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("{e:#}"))))?;
             return Ok((vec![], TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: blake3::hash(&bytes).to_hex().to_string() }));
         }
         let mut runs = Vec::new();
@@ -908,6 +914,15 @@ impl Suite {
     /// An input error pointing at `[report].<field>` in the suite file.
     pub fn report_error(&self, field: &str, msg: impl Into<String>) -> anyhow::Error {
         input(self.src.error(&[key("report"), key(field)], msg.into()))
+    }
+
+    /// An input error pointing at the `checkpoint` key of the teacher declaring `path`.
+    pub fn checkpoint_error(&self, path: &str, e: anyhow::Error) -> anyhow::Error {
+        let at = self.teachers.values().find(|d| d.checkpoint.as_ref().is_some_and(|c| c.display().to_string() == path));
+        match at {
+            Some(d) => input(self.src.error(&[d.path.clone(), vec![key("checkpoint")]].concat(), format!("{e:#}"))),
+            None => e,
+        }
     }
 }
 
@@ -1018,6 +1033,32 @@ fn parse_expected(src: &Source) -> anyhow::Result<Vec<Expected>> {
         out.push(Expected { teacher, student, method, top1, std: num("std")?, metric, source });
     }
     Ok(out)
+}
+
+/// Most grid points a suite may expand to (runs before deduplication). Expansion resolves every
+/// point in memory, so a typo such as a 1000-value axis crossed with others is refused up front.
+pub const MAX_GRID_POINTS: usize = 100_000;
+
+/// The number of grid points, computed with checked arithmetic before anything is expanded.
+fn grid_size(src: &Source, axes: &[Axis]) -> anyhow::Result<usize> {
+    let total = axes.iter().try_fold(1usize, |acc, a| acc.checked_mul(a.len()));
+    match total {
+        Some(n) if n <= MAX_GRID_POINTS => Ok(n),
+        _ => {
+            let sizes: Vec<String> = axes
+                .iter()
+                .map(|a| match a {
+                    Axis::Product { key, values } => format!("{key} ({})", values.len()),
+                    Axis::Zip { name, entries } => format!("{name} ({})", entries.len()),
+                })
+                .collect();
+            let n = total.map(|n| n.to_string()).unwrap_or_else(|| "more than 2^64".into());
+            Err(input(src.error(
+                &[key("grid")],
+                format!("the grid expands to {n} runs ({}), more than the limit of {MAX_GRID_POINTS}; split the suite or shorten an axis", sizes.join(" x ")),
+            )))
+        }
+    }
 }
 
 /// Adds a run unless its id exists; a run that is both a teacher and a student becomes a teacher.

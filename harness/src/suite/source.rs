@@ -22,7 +22,13 @@ impl Source {
     /// Parses `text` (read from `path`); a syntax error names file and line.
     pub fn parse(path: &Path, text: String) -> Result<Self, String> {
         match toml::from_str::<toml::Table>(&text) {
-            Ok(table) => Ok(Source { path: path.to_path_buf(), text, table }),
+            Ok(table) => {
+                let src = Source { path: path.to_path_buf(), text, table };
+                if let Some((at, x)) = non_finite(&src.table, &mut Vec::new()) {
+                    return Err(src.error(&at, format!("found {x}; NaN and inf are not allowed in a suite (every number must be finite)")));
+                }
+                Ok(src)
+            }
             Err(e) => {
                 let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(0);
                 Err(format!("{}:{}: invalid TOML: {}", path.display(), line, e.message()))
@@ -56,6 +62,29 @@ impl Source {
     pub fn error(&self, path: &[Seg], msg: impl std::fmt::Display) -> String {
         format!("{}:{}: `{}`: {}", self.path.display(), self.line(path), dotted(path), msg)
     }
+}
+
+/// The first NaN or infinite float anywhere in the document, with its path.
+fn non_finite(t: &toml::Table, path: &mut Vec<Seg>) -> Option<(Vec<Seg>, f64)> {
+    fn walk(v: &toml::Value, path: &mut Vec<Seg>) -> Option<(Vec<Seg>, f64)> {
+        match v {
+            toml::Value::Float(f) if !f.is_finite() => Some((path.clone(), *f)),
+            toml::Value::Table(t) => non_finite(t, path),
+            toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| {
+                path.push(Seg::Idx(i));
+                let r = walk(x, path);
+                path.pop();
+                r
+            }),
+            _ => None,
+        }
+    }
+    t.iter().find_map(|(k, v)| {
+        path.push(Seg::Key(k.clone()));
+        let r = walk(v, path);
+        path.pop();
+        r
+    })
 }
 
 /// Renders a path as `a.b[2].c`.
