@@ -41,11 +41,8 @@ fn write(p: &Path, v: &Value) {
 
 /// The run directories of suite `v1` whose config matches `pred`, sorted by id.
 fn runs_where(root: &Path, pred: impl Fn(&Value) -> bool) -> Vec<RunDir> {
-    let mut v: Vec<RunDir> = std::fs::read_dir(root.join("results/v1/runs"))
-        .unwrap()
-        .map(|e| RunDir { path: e.unwrap().path() })
-        .filter(|d| pred(&read(&d.config())))
-        .collect();
+    let mut v: Vec<RunDir> =
+        std::fs::read_dir(root.join("results/v1/runs")).unwrap().map(|e| RunDir { path: e.unwrap().path() }).filter(|d| pred(&read(&d.config()))).collect();
     v.sort_by(|a, b| a.path.cmp(&b.path));
     v
 }
@@ -190,12 +187,7 @@ fn every_planted_damage_is_named() {
         ("best epoch after the end", edit_summary(|v| v["best_epoch"] = json!(5)), "summary.json", "best_epoch 5 of epochs 2"),
         ("epochs of another config", edit_summary(|v| v["epochs"] = json!(3)), "summary.json", "`epochs` 3 but the run's config trains 2"),
         ("id of another run", edit_summary(|v| v["id"] = json!("0123456789abcdef")), "summary.json", "is not this run"),
-        (
-            "config of another run",
-            Box::new(move |d: &RunDir| std::fs::copy(&other_config, d.config()).map(|_| ()).unwrap()),
-            "config.json",
-            "belongs to run",
-        ),
+        ("config of another run", Box::new(move |d: &RunDir| std::fs::copy(&other_config, d.config()).map(|_| ()).unwrap()), "config.json", "belongs to run"),
         (
             "metrics row duplicated",
             edit_metrics(|mut l| {
@@ -221,7 +213,12 @@ fn every_planted_damage_is_named() {
         ),
         ("resume at epoch 99 of 2", unfinished(|v| v["epoch"] = json!(99)), "resume.json", "`epoch` 99: expected 1 to 1"),
         ("resume at epoch 0", unfinished(|v| v["epoch"] = json!(0)), "resume.json", "`epoch` 0"),
-        ("resume rows duplicated", unfinished(|v| v["rows"] = json!([["1", "0.05", "50"], ["1", "0.05", "50"]])), "resume.json", "`rows` must hold epochs 1 to 1"),
+        (
+            "resume rows duplicated",
+            unfinished(|v| v["rows"] = json!([["1", "0.05", "50"], ["1", "0.05", "50"]])),
+            "resume.json",
+            "`rows` must hold epochs 1 to 1",
+        ),
         ("resume of another run", unfinished(|v| v["id"] = json!("0123456789abcdef")), "resume.json", "is not this run"),
     ];
     for (i, (name, plant, file, reason)) in cases.into_iter().enumerate() {

@@ -35,19 +35,19 @@ fn records(n_groups: usize, seeds: usize) -> Vec<Record> {
                 prune: None,
                 student_from_teacher: false,
             };
-            let acc = 0.7 + 0.001 * ((g * 7 + seed * 13) % 50) as f64;
+            let acc = 70.0 + 0.1 * ((g * 7 + seed * 13) % 50) as f64; // percent, as summaries hold them
             let summary = Summary {
                 id: spec.id.clone(),
                 epochs: 240,
-                best_top1: acc + 0.002,
+                best_top1: acc + 0.2,
                 best_epoch: 230,
                 last_top1: acc,
-                last_top5: 0.92,
-                last_ece: 0.05,
+                last_top5: 92.0,
+                last_ece: 5.0,
                 last_test_loss: 1.1,
-                agreement: Some(0.8),
+                agreement: Some(80.0),
                 pred_kl: Some(0.3),
-                teacher_top1: Some(0.79),
+                teacher_top1: Some(79.0),
                 output_stats: OutputStats::default(),
                 reliability: Reliability::default(),
                 peers_last_top1: vec![],

@@ -485,38 +485,6 @@ fn load_plan_waiting(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Res
     }
 }
 
-/// Damaged runs of a plan stop `run` before anything trains (exit 2), unless `retrain`: then
-/// their files are moved aside (kept) and they train again.
-fn damaged_guard(plan: &Plan, results: &Path, retrain: bool, dry_run: bool) -> anyhow::Result<()> {
-    let mut found = Vec::new();
-    for r in &plan.runs {
-        let dir = crate::store::RunDir::new(results, &plan.suite, &r.spec.id);
-        if let crate::store::verify::Health::Damaged(d) = crate::store::verify::check(&dir, &r.spec) {
-            eprintln!("damaged {} {}: {d}", r.spec.id, r.spec.label());
-            found.push((r, dir));
-        }
-    }
-    if found.is_empty() || dry_run {
-        return Ok(());
-    }
-    if !retrain {
-        crate::input_bail!(
-            "{} damaged run(s) in {} (listed above); nothing was trained. `harness run --retrain-damaged` moves their files into \
-             damaged-<time>/ inside each run directory (kept, not deleted) and trains them again",
-            found.len(),
-            results.join(&plan.suite).display()
-        );
-    }
-    for (r, dir) in found {
-        if crate::store::lock_holder_alive(&dir) {
-            crate::input_bail!("{}: damaged but locked by a live process; stop it first", dir.path.display());
-        }
-        let to = crate::store::verify::move_aside(&dir)?;
-        println!("moved the files of damaged run {} {} to {}; it trains again", r.spec.id, r.spec.label(), to.display());
-    }
-    Ok(())
-}
-
 /// Validates every teacher checkpoint the plan uses (names, shapes, dtypes, finite values, BN
 /// variances) before anything trains: a bad file is an error at `plan`/`run` time naming the
 /// suite key, not a failure of its first student after other runs trained.
@@ -844,7 +812,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         plan = sched::filter(&plan, only)?;
     }
     check_checkpoints(&suite, &plan)?;
-    damaged_guard(&plan, &a.results, a.retrain_damaged, a.dry_run)?;
+    sched::guard_damaged(&plan, &a.results, a.retrain_damaged, a.dry_run)?;
     if a.executor == Executor::Slurm {
         return run_slurm(&a, &suite, &plan, &data_dir);
     }

@@ -33,10 +33,9 @@ pub fn missing(name: &str, dir: &Path) -> Option<Missing> {
         "cifar100" if none(&["cifar-100-python", "cifar-100-binary", "train", "train.bin"]) => {
             ("cifar-100-python/ or cifar-100-binary/", torchvision("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz"))
         }
-        "tiny-imagenet" if none(&["tiny-imagenet-200", "wnids.txt"]) => (
-            "tiny-imagenet-200/",
-            format!("download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it in {}", dir.display()),
-        ),
+        "tiny-imagenet" if none(&["tiny-imagenet-200", "wnids.txt"]) => {
+            ("tiny-imagenet-200/", format!("download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it in {}", dir.display()))
+        }
         "imagenet" if none(&["imagenet", "train", "val"]) => (
             "imagenet/train/<class>/*.JPEG and imagenet/val/<class>/*.JPEG",
             format!(

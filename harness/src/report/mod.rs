@@ -324,7 +324,14 @@ fn groups_from(records: &[Record], agg: &DataFrame) -> anyhow::Result<Vec<Group>
             );
         }
         let count = |v: &Vec<Option<f64>>| v[i].unwrap_or(0.0) as usize;
-        out.push(Group { id: g.to_string(), members: members.remove(g).unwrap_or_default(), n_done: count(&n_done), n_failed: count(&n_failed), n_damaged: count(&n_damaged), stats });
+        out.push(Group {
+            id: g.to_string(),
+            members: members.remove(g).unwrap_or_default(),
+            n_done: count(&n_done),
+            n_failed: count(&n_failed),
+            n_damaged: count(&n_damaged),
+            stats,
+        });
     }
     Ok(out)
 }

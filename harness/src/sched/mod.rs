@@ -277,6 +277,38 @@ pub fn prepare(plan: &Plan, results: &Path) -> anyhow::Result<(Vec<RunDir>, Vec<
     Ok((dirs, finished))
 }
 
+/// Damaged runs of a plan stop `run` before anything trains (exit 2), unless `retrain`: then
+/// their files are moved aside (kept) and they train again. A dry run only lists them.
+pub fn guard_damaged(plan: &Plan, results: &Path, retrain: bool, dry_run: bool) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    for r in &plan.runs {
+        let dir = RunDir::new(results, &plan.suite, &r.spec.id);
+        if let Health::Damaged(d) = crate::store::verify::check(&dir, &r.spec) {
+            eprintln!("damaged {} {}: {d}", r.spec.id, r.spec.label());
+            found.push((r, dir));
+        }
+    }
+    if found.is_empty() || dry_run {
+        return Ok(());
+    }
+    if !retrain {
+        crate::input_bail!(
+            "{} damaged run(s) in {} (listed above); nothing was trained. `harness run --retrain-damaged` moves their files into \
+             damaged-<time>/ inside each run directory (kept, not deleted) and trains them again",
+            found.len(),
+            results.join(&plan.suite).display()
+        );
+    }
+    for (r, dir) in found {
+        if crate::store::lock_holder_alive(&dir) {
+            crate::input_bail!("{}: damaged but locked by a live process; stop it first", dir.path.display());
+        }
+        let to = crate::store::verify::move_aside(&dir)?;
+        println!("moved the files of damaged run {} {} to {}; it trains again", r.spec.id, r.spec.label(), to.display());
+    }
+    Ok(())
+}
+
 /// Writes every run's `config.json` (idempotent) and executes the unfinished runs.
 pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
     let n = plan.runs.len();

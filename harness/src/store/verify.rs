@@ -42,7 +42,9 @@ pub enum Health {
     Finished(Box<Summary>),
     Damaged(Damage),
     /// No summary; `epoch` from a valid `resume.json` when there is one.
-    Unfinished { epoch: Option<u32> },
+    Unfinished {
+        epoch: Option<u32>,
+    },
 }
 
 /// Verifies the run in `dir` planned as `spec`.
@@ -246,7 +248,10 @@ pub fn resume_state(path: &Path, spec: &RunSpec) -> Result<u32, Damage> {
     }
     let epoch = v.get("epoch").and_then(Value::as_u64).filter(|&e| e >= 1 && e < epochs as u64);
     let Some(epoch) = epoch else {
-        return Err(damage(path, format!("`epoch` {}: expected 1 to {} (the run trains {epochs} epochs)", v.get("epoch").unwrap_or(&Value::Null), epochs.saturating_sub(1))));
+        return Err(damage(
+            path,
+            format!("`epoch` {}: expected 1 to {} (the run trains {epochs} epochs)", v.get("epoch").unwrap_or(&Value::Null), epochs.saturating_sub(1)),
+        ));
     };
     let best = v.get("best_epoch").and_then(Value::as_u64);
     if best.is_none_or(|b| b > epoch) {
