@@ -57,7 +57,7 @@ fn setting(key: &str, v: &super::Cell) -> String {
 }
 
 /// Per group, the settings that differ among `groups`: columns that take at least two values
-/// among the groups that have them. A column a group lacks (a teacher-free baseline has no
+/// among the groups that have them (method parameters: among the groups of that method). A column a group lacks (a teacher-free baseline has no
 /// `teacher.*`, `ce` has no τ) is left out of its label rather than printed as a placeholder.
 pub fn differing(r: &Report, groups: &[&Group]) -> Vec<Vec<String>> {
     differing_in(r, groups, |_| true)
@@ -69,14 +69,15 @@ pub fn differing_in(r: &Report, groups: &[&Group], keep: impl Fn(&str) -> bool) 
     let keys: BTreeSet<&String> = groups.iter().flat_map(|g| r.head(g).config.keys()).filter(|k| !hidden(k) && keep(k)).collect();
     // An empty text cell (`teacher` of a teacher-free run, `peers` of a single network) is absent.
     let get = |g: &Group, k: &str| r.head(g).config.get(k).filter(|v| !matches!(v, super::Cell::S(s) if s.is_empty()));
-    let varying: Vec<&String> = keys
-        .into_iter()
-        .filter(|k| {
-            let values: BTreeSet<String> = groups.iter().filter_map(|g| get(g, k).map(|v| v.to_string())).collect();
-            values.len() > 1
-        })
-        .collect();
-    groups.iter().map(|g| varying.iter().filter_map(|k| get(g, k).map(|v| setting(k, v))).collect()).collect()
+    // Method parameters count as differing only among groups of the same method (kd's w_CE = 0.1
+    // next to dkd's 1 is what the method names already say); other columns among all groups.
+    let varies = |k: &str, method: Option<&str>| {
+        let values: BTreeSet<String> =
+            groups.iter().filter(|g| method.is_none_or(|m| r.head(g).spec.method == m)).filter_map(|g| get(g, k).map(|v| v.to_string())).collect();
+        values.len() > 1
+    };
+    let shown = |g: &Group, k: &str| if k.starts_with("param.") { varies(k, Some(&r.head(g).spec.method)) } else { varies(k, None) };
+    groups.iter().map(|g| keys.iter().filter(|k| shown(g, k)).filter_map(|k| get(g, k).map(|v| setting(k, v))).collect()).collect()
 }
 
 /// Legend labels: `method` followed by its differing settings; groups that still share a label

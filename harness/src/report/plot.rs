@@ -187,8 +187,14 @@ fn range(vals: impl Iterator<Item = f64>, floor: Option<f64>) -> (f64, f64) {
 pub fn all(r: &Report, o: &Options, expected: &[Expected], dir: &Path) -> anyhow::Result<Vec<Plot>> {
     let styles = Styles::of(r);
     let mut out = Vec::new();
-    for (pair, groups) in by_pair(r) {
-        let names = label::series(r, &groups);
+    for (pair, mut groups) in by_pair(r) {
+        // Legend order: methods in report order, then by label (τ=2 before τ=4).
+        let first = |m: &str| r.groups.iter().position(|g| r.head(g).spec.method == m).unwrap_or(usize::MAX);
+        let named: Vec<String> = label::series(r, &groups);
+        let mut order: Vec<usize> = (0..groups.len()).collect();
+        order.sort_by_key(|&i| (first(&r.head(groups[i]).spec.method), named[i].clone()));
+        groups = order.iter().map(|&i| groups[i]).collect();
+        let names: Vec<String> = order.iter().map(|&i| named[i].clone()).collect();
         let stem = slug(&pair);
         if let Some(c) = curves(r, &styles, &pair, &groups, &names) {
             out.push(render(&c, &dir.join(format!("curves_{stem}")))?);
@@ -211,11 +217,12 @@ fn curves(r: &Report, styles: &Styles, pair: &str, groups: &[&Group], names: &[S
     let series: Vec<Line> = groups
         .iter()
         .zip(names)
-        .map(|(g, name)| {
+        .zip(styles.within(r, groups))
+        .map(|((g, name), style)| {
             let c = curve(r, g);
             Line {
                 name: name.clone(),
-                style: styles.group(&g.id),
+                style,
                 points: c.iter().map(|&(e, m, _)| (e, m)).collect(),
                 band: Some(c.iter().map(|&(e, m, s)| (e, m - s, m + s)).collect()),
                 err: vec![],
@@ -264,15 +271,16 @@ fn published(r: &Report, g: &Group, expected: &[Expected], column: &str) -> Vec<
 fn accuracy(r: &Report, o: &Options, expected: &[Expected], styles: &Styles, pair: &str, groups: &[&Group], names: &[String]) -> Option<Chart> {
     let metric = o.metric.column();
     let teacher = teacher_group(r, groups).map(|t| (t, format!("teacher {}", r.head(t).spec.model)));
-    let rows: Vec<DotRow> = teacher
-        .iter()
-        .map(|(t, n)| (*t, n))
-        .chain(groups.iter().copied().zip(names))
-        .filter_map(|(g, name)| {
+    let shown: Vec<(&Group, &String)> = teacher.iter().map(|(t, n)| (*t, n)).chain(groups.iter().copied().zip(names)).collect();
+    let row_styles = styles.within(r, &shown.iter().map(|x| x.0).collect::<Vec<_>>());
+    let rows: Vec<DotRow> = shown
+        .into_iter()
+        .zip(row_styles)
+        .filter_map(|((g, name), style)| {
             let s = g.stats.get(metric)?;
             Some(DotRow {
                 name: name.clone(),
-                style: styles.group(&g.id),
+                style,
                 seeds: r.seed_values(g, metric).into_iter().map(|(_, v)| v).collect(),
                 mean: s.mean,
                 ci: s.ci95,
@@ -298,8 +306,8 @@ fn accuracy(r: &Report, o: &Options, expected: &[Expected], styles: &Styles, pai
 /// Reliability panels of a pair's groups, bins pooled over finished seeds.
 fn calibration(r: &Report, styles: &Styles, pair: &str, groups: &[&Group], names: &[String]) -> Option<Chart> {
     let mut panels = Vec::new();
-    for (g, name) in groups.iter().zip(names) {
-        let mut p = Panel { name: name.clone(), style: styles.group(&g.id), bins: Default::default() };
+    for ((g, name), style) in groups.iter().zip(names).zip(styles.within(r, groups)) {
+        let mut p = Panel { name: name.clone(), style, bins: Default::default() };
         for &i in &g.members {
             let Some(s) = &r.records[i].summary else { continue };
             let (b, pooled) = (&s.reliability, &mut p.bins);
@@ -359,13 +367,14 @@ fn gap(r: &Report, o: &Options, styles: &Styles) -> Option<Chart> {
     let lines: Vec<Line> = series
         .into_values()
         .zip(settings)
-        .map(|(mut v, s)| {
+        .zip(styles.within(r, &reps))
+        .map(|((mut v, s), style)| {
             v.sort_by(|a, b| a.1.total_cmp(&b.1));
             let h = r.head(v[0].0);
             let name = [h.spec.method.clone()].into_iter().chain(s).collect::<Vec<_>>().join(" ");
             Line {
                 name,
-                style: styles.group(&v[0].0.id),
+                style,
                 points: v.iter().map(|p| (p.1, p.2)).collect(),
                 err: v.iter().map(|p| p.3).collect(),
                 band: None,

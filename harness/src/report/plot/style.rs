@@ -5,7 +5,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::super::{Report, label};
+use super::super::{Group, Report, label};
 use crate::suite::Role;
 
 /// Okabe & Ito (2008) without black and yellow (too faint on white), then Tol's muted scheme.
@@ -38,8 +38,8 @@ pub const TICK: u32 = 16;
 pub const LEGEND: u32 = 17;
 pub const WIDTH: u32 = 1100;
 
-/// How one group is drawn: its method's colour; `variant` (its rank among the groups of its
-/// method in the report) picks the dash pattern and marker.
+/// How one series is drawn: its method's colour; `variant` (its rank among the series of its
+/// method in the same plot) picks the dash pattern.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Style {
     pub color: RGBColor,
@@ -52,45 +52,41 @@ impl Style {
     }
 }
 
-/// Styles of every group of a report, fixed once so a method has one colour in every plot.
+/// Method colours of a report, fixed once (in order of first appearance) so a method has one
+/// colour in every plot; teachers are grey.
 pub struct Styles {
     methods: Vec<String>,
-    groups: Vec<(String, Style)>,
 }
 
 impl Styles {
     pub fn of(r: &Report) -> Styles {
         let mut methods: Vec<String> = Vec::new();
-        let mut groups = Vec::new();
-        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for g in &r.groups {
-            let h = r.head(g);
-            let style = if h.spec.role == Role::Teacher {
-                Style::plain(TEACHER)
-            } else {
-                let m = match methods.iter().position(|m| *m == h.spec.method) {
-                    Some(m) => m,
-                    None => {
-                        methods.push(h.spec.method.clone());
-                        methods.len() - 1
-                    }
-                };
-                let v = seen.entry(h.spec.method.clone()).or_default();
-                *v += 1;
-                // Past 15 methods colours repeat, told apart by the variant.
-                Style { color: PALETTE[m % PALETTE.len()], variant: *v - 1 + m / PALETTE.len() }
-            };
-            groups.push((g.id.clone(), style));
+        for g in r.groups.iter().filter(|g| r.head(g).spec.role == Role::Student) {
+            let m = &r.head(g).spec.method;
+            if !methods.contains(m) {
+                methods.push(m.clone());
+            }
         }
-        Styles { methods, groups }
+        Styles { methods }
     }
 
-    pub fn group(&self, id: &str) -> Style {
-        self.groups.iter().find(|(g, _)| g == id).map(|(_, s)| *s).unwrap_or(Style::plain(TEACHER))
-    }
-
-    pub fn method(&self, method: &str) -> Style {
-        self.methods.iter().position(|m| m == method).map(|m| Style::plain(PALETTE[m % PALETTE.len()])).unwrap_or(Style::plain(TEACHER))
+    /// Styles of the series of one plot: method colour, and a dash variant per further series of
+    /// the same method (past 15 methods colours repeat, told apart by the variant too).
+    pub fn within(&self, r: &Report, groups: &[&Group]) -> Vec<Style> {
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        groups
+            .iter()
+            .map(|g| {
+                let h = r.head(g);
+                if h.spec.role == Role::Teacher {
+                    return Style::plain(TEACHER);
+                }
+                let m = self.methods.iter().position(|m| *m == h.spec.method).unwrap_or(0);
+                let k = seen.entry(h.spec.method.as_str()).or_default();
+                *k += 1;
+                Style { color: PALETTE[m % PALETTE.len()], variant: *k - 1 + m / PALETTE.len() }
+            })
+            .collect()
     }
 }
 
