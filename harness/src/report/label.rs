@@ -105,7 +105,8 @@ pub fn series(r: &Report, groups: &[&Group]) -> Vec<String> {
 /// What a legend label may never contain: a placeholder for a missing setting or a raw config
 /// path. Used by the tests and by [`super::plot`] before it writes a file.
 pub fn is_clean(label: &str) -> bool {
-    !(label.contains("=-") || label.contains("param.") || label.contains("train.") || label.contains("teacher.") || label.contains("=None"))
+    let placeholder = label.split_whitespace().any(|t| t.ends_with("=-") || t.ends_with("=None") || (t.len() > 1 && t.ends_with('=')));
+    !(placeholder || label.contains("param.") || label.contains("train.") || label.contains("teacher."))
 }
 
 #[cfg(test)]
@@ -121,6 +122,9 @@ mod tests {
         assert_eq!(symbol("teacher.train.epochs"), "teacher epochs");
         assert_eq!(symbol("teacher.param.tau"), "teacher τ");
         assert!(is_clean("kd τ=2 lr=0.1"));
+        assert!(is_clean("dkd β=-1"), "a negative value is not a placeholder");
+        assert!(is_clean("ce (ECE 4.60%, n = 300)"));
+        assert!(!is_clean("kd τ= lr=0.1"), "an empty value is");
         for planted in ["ce teacher.method=-", "kd param.tau=4", "kd train.lr=0.1", "kd τ=-"] {
             assert!(!is_clean(planted), "{planted}");
         }

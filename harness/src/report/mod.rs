@@ -144,12 +144,7 @@ impl Report {
 
     /// (seed, value) of a metric over the group's finished runs, in plan order.
     pub fn seed_values(&self, g: &Group, metric: &str) -> Vec<(u64, f64)> {
-        g.members
-            .iter()
-            .map(|&i| &self.records[i])
-            .filter(|x| x.state == "done")
-            .filter_map(|x| x.metric(metric).map(|v| (x.spec.seed, v)))
-            .collect()
+        g.members.iter().map(|&i| &self.records[i]).filter(|x| x.state == "done").filter_map(|x| x.metric(metric).map(|v| (x.spec.seed, v))).collect()
     }
 
     /// Human label of a group: role, pair, method and its parameters.

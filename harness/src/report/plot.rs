@@ -83,7 +83,11 @@ impl Chart {
 }
 
 /// Draws the title and, in a smaller grey font, what the marks mean; returns the area below.
-fn heading<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, subtitle: &str) -> Result<DrawingArea<DB, Shift>, DrawingAreaErrorKind<DB::ErrorType>> {
+fn heading<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    subtitle: &str,
+) -> Result<DrawingArea<DB, Shift>, DrawingAreaErrorKind<DB::ErrorType>> {
     let area = root.margin(10, 6, 10, 10).titled(title, style::font(style::TITLE))?;
     if subtitle.is_empty() {
         return Ok(area);
@@ -372,14 +376,7 @@ fn gap(r: &Report, o: &Options, styles: &Styles) -> Option<Chart> {
             v.sort_by(|a, b| a.1.total_cmp(&b.1));
             let h = r.head(v[0].0);
             let name = [h.spec.method.clone()].into_iter().chain(s).collect::<Vec<_>>().join(" ");
-            Line {
-                name,
-                style,
-                points: v.iter().map(|p| (p.1, p.2)).collect(),
-                err: v.iter().map(|p| p.3).collect(),
-                band: None,
-                markers: true,
-            }
+            Line { name, style, points: v.iter().map(|p| (p.1, p.2)).collect(), err: v.iter().map(|p| p.3).collect(), band: None, markers: true }
         })
         .collect();
     let x_range = range(lines.iter().flat_map(|s| s.points.iter().map(|p| p.0)), None);

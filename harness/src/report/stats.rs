@@ -264,11 +264,8 @@ mod tests {
         (2.170368745323498, 0.050829412797938574, 11.962569483779923),
     ];
     /// scipy 1.17.1 `ttest_rel(a, b)`: (t, p, df).
-    const REL: [(f64, f64, f64); 3] = [
-        (9.44911182523068, 0.01101528483845556, 2.0),
-        (2.0749458721709955, 0.10663119896125296, 4.0),
-        (3.713906763541054, 0.009923617011047393, 6.0),
-    ];
+    const REL: [(f64, f64, f64); 3] =
+        [(9.44911182523068, 0.01101528483845556, 2.0), (2.0749458721709955, 0.10663119896125296, 4.0), (3.713906763541054, 0.009923617011047393, 6.0)];
     /// scipy 1.17.1 `wilcoxon(d)`: (statistic, p), for [`wilcoxon_cases`].
     const SIGNED_RANK: [(f64, f64); 7] = [
         (1.0, 0.0625),
@@ -286,13 +283,13 @@ mod tests {
     fn wilcoxon_cases() -> Vec<(Vec<f64>, bool)> {
         let spread = |n: i64| (0..n).map(|i| ((i * 37) % 101 - 40) as f64 / 10.0 + 0.001 * i as f64).collect::<Vec<_>>();
         vec![
-            (vec![0.9, -0.2, 0.7, 0.5, 1.2, 0.3], true),                // no ties: exact
-            (vec![0.9, -0.4, 0.9, 1.6, 0.4, 0.3, -1.1], true),          // ties, n ≤ 13: all sign flips
-            (vec![0.5, 0.0, -0.25, 1.5, 0.75, 2.0, -1.0, 1.25], true), // a zero, n ≤ 13: all sign flips
+            (vec![0.9, -0.2, 0.7, 0.5, 1.2, 0.3], true),                                                      // no ties: exact
+            (vec![0.9, -0.4, 0.9, 1.6, 0.4, 0.3, -1.1], true),                                                // ties, n ≤ 13: all sign flips
+            (vec![0.5, 0.0, -0.25, 1.5, 0.75, 2.0, -1.0, 1.25], true),                                        // a zero, n ≤ 13: all sign flips
             (vec![1.0, -2.0, 3.0, 1.0, 2.0, -1.0, 4.0, 5.0, 2.0, 3.0, -3.0, 6.0, 1.0, 7.0, 2.0, 8.0], false), // ties, n > 13
-            ((0..20).map(|i| ((i * 7) % 11 - 4) as f64).collect(), false), // ties and zeros, n > 13
-            (spread(30), true),                                         // no ties, n ≤ 50: exact
-            (spread(60), false),                                        // n > 50: normal approximation
+            ((0..20).map(|i| ((i * 7) % 11 - 4) as f64).collect(), false),                                    // ties and zeros, n > 13
+            (spread(30), true),                                                                               // no ties, n ≤ 50: exact
+            (spread(60), false),                                                                              // n > 50: normal approximation
         ]
     }
 

@@ -61,7 +61,8 @@ pub fn rows<'a>(r: &'a Report, o: &Options, expected: &'a [Expected]) -> Vec<Row
     for e in expected {
         let groups = matching(r, e);
         if groups.is_empty() {
-            let none = Row { expected: e, group: None, settings: String::new(), n: 0, mean: None, std: None, ci95: None, delta: None, verdict: Verdict::NotInSuite };
+            let none =
+                Row { expected: e, group: None, settings: String::new(), n: 0, mean: None, std: None, ci95: None, delta: None, verdict: Verdict::NotInSuite };
             out.push(none);
             continue;
         }
@@ -81,7 +82,17 @@ pub fn rows<'a>(r: &'a Report, o: &Options, expected: &'a [Expected]) -> Vec<Row
             } else {
                 Verdict::Outside
             };
-            let row = Row { expected: e, group: Some(g), settings: s.join(" "), n: st.n, mean: Some(st.mean), std: st.std, ci95: st.ci95, delta: Some(delta), verdict };
+            let row = Row {
+                expected: e,
+                group: Some(g),
+                settings: s.join(" "),
+                n: st.n,
+                mean: Some(st.mean),
+                std: st.std,
+                ci95: st.ci95,
+                delta: Some(delta),
+                verdict,
+            };
             out.push(row);
         }
     }

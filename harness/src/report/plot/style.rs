@@ -149,7 +149,12 @@ pub fn series<DB: DrawingBackend>(
 }
 
 /// Draws a polyline in pixels in the style's colour and dash pattern (legend swatches).
-pub fn line<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, pts: &[(i32, i32)], style: Style, width: u32) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+pub fn line<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    pts: &[(i32, i32)],
+    style: Style,
+    width: u32,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let s = style.color.stroke_width(width);
     match dashes(style.variant) {
         None => area.draw(&PathElement::new(pts.to_vec(), s)),
