@@ -233,7 +233,7 @@ fn reproduction_verdicts_and_summary_line() {
     assert!(report::verdict::summary(&report::verdict::rows(&r, &strict, &exp), &strict).starts_with("3/7"));
     // Every format carries the verdicts and the summary.
     assert!(t.markdown().contains(&line) && t.markdown().contains("| inside CI |"));
-    assert!(t.latex().contains("inside CI") && t.latex().contains("$\\Delta$"));
+    assert!(t.latex().contains("inside CI") && t.latex().contains("$\\Delta$") && t.latex().contains("$\\tau$=2"), "{}", t.latex());
     assert!(t.html().contains("<td>outside</td>"));
     let csv = t.csv().unwrap();
     assert!(csv.lines().next().unwrap().starts_with("published cell,settings,source,metric,published,published mean"), "{csv}");

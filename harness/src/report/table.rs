@@ -60,6 +60,16 @@ impl Table {
                 .replace('→', "$\\to$")
                 .replace('Δ', "$\\Delta$")
                 .replace('†', "$^\\dagger$")
+                .replace('≥', "$\\geq$")
+                .replace('≤', "$\\leq$")
+                .replace('τ', "$\\tau$")
+                .replace('β', "$\\beta$")
+                .replace('α', "$\\alpha$")
+                .replace('γ', "$\\gamma$")
+                .replace('λ', "$\\lambda$")
+                .replace('ω', "$\\omega$")
+                .replace('ε', "$\\varepsilon$")
+                .replace('μ', "$\\mu$")
         };
         let spec: String = (0..self.header.len()).map(|i| if i < self.keys { 'l' } else { 'r' }).collect();
         let mut s = format!("% {}\n% {}\n\\begin{{tabular}}{{{spec}}}\n\\toprule\n", self.title, self.note.replace('\n', " "));
