@@ -297,7 +297,7 @@ fn accuracy(r: &Report, o: &Options, expected: &[Expected], styles: &Styles, pai
     }
     let other = if metric == "best_top1" { "last" } else { "best" };
     let hidden = groups.iter().any(|g| !published(r, g, expected, if other == "best" { "best_top1" } else { "last_top1" }).is_empty());
-    let mut subtitle = "dot: mean; whisker: 95% Student-t CI of the mean; faint dots: single seeds".to_string();
+    let mut subtitle = "dot: mean; whisker: 95% Student-t CI of the mean (arrow: beyond the axis); faint dots: single seeds".to_string();
     if rows.iter().any(|x| !x.published.is_empty()) {
         subtitle.push_str("; diamond: published");
     }

@@ -48,7 +48,9 @@ impl Dots {
             return (0.0, 100.0);
         }
         let pad = ((hi - lo) * 0.08).max(0.25);
-        (lo - pad, hi + pad)
+        // Accuracies live in [0, 100]: a two-seed interval reaching 110 is cut at the axis (with an
+        // arrow) rather than squeezing every row.
+        ((lo - pad).max(-0.5), (hi + pad).min(100.5))
     }
 
     pub fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
@@ -82,9 +84,12 @@ impl Dots {
             c.draw_series(r.seeds.iter().enumerate().map(|(k, &v)| Circle::new((v, y + jitter(k)), 5, r.style.color.mix(0.35).filled())))?;
             if let Some(ci) = r.ci {
                 let s = r.style.color.stroke_width(3);
-                c.draw_series(std::iter::once(PathElement::new(vec![(r.mean - ci, y), (r.mean + ci, y)], s)))?;
-                for end in [r.mean - ci, r.mean + ci] {
-                    c.draw_series(std::iter::once(PathElement::new(vec![(end, y - 0.16), (end, y + 0.16)], s)))?;
+                let (lo, hi) = ((r.mean - ci).max(x0), (r.mean + ci).min(x1));
+                c.draw_series(std::iter::once(PathElement::new(vec![(lo, y), (hi, y)], s)))?;
+                for (end, cut, dir) in [(lo, r.mean - ci < x0, -1), (hi, r.mean + ci > x1, 1)] {
+                    let (px, py) = c.plotting_area().map_coordinate(&(end, y));
+                    let cap = if cut { vec![(px - 9 * dir, py - 7), (px, py), (px - 9 * dir, py + 7)] } else { vec![(px, py - 9), (px, py + 9)] };
+                    root.draw(&PathElement::new(cap, s))?;
                 }
             }
             c.draw_series(std::iter::once(Circle::new((r.mean, y), 7, r.style.color.filled())))?;
