@@ -297,6 +297,6 @@ fn plots_are_svg_and_png_and_the_html_shows_the_svg() {
         assert!(md.contains(&format!("](plots/{stem}.png)")), "index.md does not show {stem}.png");
     }
     // Plots at full width, not thumbnails.
-    assert!(html.contains("figure img{width:100%"), "{html}");
+    assert!(html.contains("figure img{width:100%;max-width:1100px"), "{html}");
     assert!(html.contains("<h2>Against the baseline"));
 }

@@ -400,7 +400,7 @@ fn index(report: &Report, opts: &Options, expected: &[crate::suite::Expected], t
     }
     let mut md = format!("# Report: {}\n\n", report.suite);
     let mut html = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Report: {0}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}.t{{overflow-x:auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}td{{white-space:nowrap}}td:nth-child(-n+2),td:last-child{{white-space:normal}}td:first-child,th:first-child{{text-align:left}}figure{{margin:1em 0 2.5em}}figure img{{width:100%;height:auto;display:block}}figcaption{{font-size:.9em;color:#555}}</style></head><body>\n<h1>Report: {0}</h1>\n<ul>\n",
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Report: {0}</title>\n<style>body{{font-family:sans-serif;max-width:1220px;margin:2em auto;padding:0 1em}}.t{{overflow-x:auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}td{{white-space:nowrap}}td:last-child{{white-space:normal}}.k{{text-align:left;white-space:normal;min-width:6em}}figure{{margin:1em 0 2.5em}}figure img{{width:100%;max-width:1100px;height:auto;display:block}}figcaption{{font-size:.9em;color:#555}}</style></head><body>\n<h1>Report: {0}</h1>\n<ul>\n",
         esc(&report.suite)
     );
     for h in &header {

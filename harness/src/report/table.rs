@@ -84,16 +84,18 @@ impl Table {
     }
 
     pub fn html(&self) -> String {
+        // Label columns (class `k`) read left-aligned and may wrap; numbers stay on one line.
+        let class = |i: usize| if i < self.keys { " class=\"k\"" } else { "" };
         let mut s = String::from("<table>\n<tr>");
-        for h in &self.header {
-            s.push_str(&format!("<th>{}</th>", super::esc(h)));
+        for (i, h) in self.header.iter().enumerate() {
+            s.push_str(&format!("<th{}>{}</th>", class(i), super::esc(h)));
         }
         s.push_str("</tr>\n");
         for r in &self.rows {
             s.push_str("<tr>");
-            for c in r {
+            for (i, c) in r.iter().enumerate() {
                 let t = super::esc(&c.text);
-                s.push_str(&if c.bold { format!("<td><b>{t}</b></td>") } else { format!("<td>{t}</td>") });
+                s.push_str(&if c.bold { format!("<td{}><b>{t}</b></td>", class(i)) } else { format!("<td{}>{t}</td>", class(i)) });
             }
             s.push_str("</tr>\n");
         }
