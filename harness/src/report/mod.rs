@@ -1,15 +1,18 @@
 //! Reports: runs → Polars frames (`runs.parquet`, `epochs.parquet`), seed aggregates with
-//! Student-t intervals, comparisons against a baseline method (Welch), paper tables
-//! (Markdown, LaTeX, CSV), plots, and the regression `check`.
+//! Student-t intervals, comparisons against a baseline method (paired tests on shared seeds,
+//! Welch otherwise), reproduction verdicts for the suite's published numbers, paper tables
+//! (Markdown, LaTeX, CSV, HTML), plots (PNG + SVG), and the regression `check`.
 //!
 //! Layout of `reports/<suite>/`: `index.md`/`index.html` tie everything together; `tables/`,
 //! `plots/`, and the frames. Accuracies are in percent, ECE in percent, KL in nats.
 
 pub mod check;
+pub mod label;
 pub mod load;
 pub mod plot;
 pub mod stats;
 pub mod table;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -148,6 +151,11 @@ impl Report {
     pub fn damaged(&self) -> Vec<String> {
         let runs = self.records.iter().filter(|r| r.state == "damaged").map(|r| format!("{} {}: {}", r.spec.id, r.spec.label(), r.detail));
         runs.chain(self.unreadable.iter().map(|d| format!("(unknown run): {d}"))).collect()
+    }
+
+    /// (seed, value) of a metric over the group's finished runs, in plan order.
+    pub fn seed_values(&self, g: &Group, metric: &str) -> Vec<(u64, f64)> {
+        g.members.iter().map(|&i| &self.records[i]).filter(|x| x.state == "done").filter_map(|x| x.metric(metric).map(|v| (x.spec.seed, v))).collect()
     }
 
     /// Human label of a group: role, pair, method and its parameters.
@@ -381,9 +389,9 @@ pub fn write(report: &Report, opts: &Options, expected: &[crate::suite::Expected
             files.push(p);
         }
     }
-    let plots = if opts.plots { plot::all(report, opts, &out.join("plots"))? } else { vec![] };
+    let plots = if opts.plots { plot::all(report, opts, expected, &out.join("plots"))? } else { vec![] };
     files.extend(plots.iter().flat_map(|p| [p.png.clone(), p.svg.clone()]));
-    let (md, html) = index(report, opts, &tables, &plots);
+    let (md, html) = index(report, opts, expected, &tables, &plots);
     for (name, text) in [("index.md", md), ("index.html", html)] {
         let p = out.join(name);
         crate::store::write_atomic(&p, text.as_bytes())?;
@@ -393,9 +401,9 @@ pub fn write(report: &Report, opts: &Options, expected: &[crate::suite::Expected
 }
 
 /// `index.md` and `index.html`: suite, commit, date, every table and plot.
-fn index(report: &Report, opts: &Options, tables: &[table::Table], plots: &[plot::Plot]) -> (String, String) {
+fn index(report: &Report, opts: &Options, expected: &[crate::suite::Expected], tables: &[table::Table], plots: &[plot::Plot]) -> (String, String) {
     let commits: std::collections::BTreeSet<&str> = report.records.iter().filter_map(|r| r.env.get("git_commit").map(String::as_str)).collect();
-    let header = [
+    let mut header = vec![
         format!("suite: {}", report.suite),
         format!("runs: {} in {} groups", report.records.len(), report.groups.len()),
         format!("tables show the {}", opts.metric.describe()),
@@ -407,9 +415,12 @@ fn index(report: &Report, opts: &Options, tables: &[table::Table], plots: &[plot
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
         ),
     ];
+    if !expected.is_empty() {
+        header.push(format!("reproduction: {}", verdict::summary(&verdict::rows(report, opts, expected), opts)));
+    }
     let mut md = format!("# Report: {}\n\n", report.suite);
     let mut html = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Report: {0}</title>\n<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}td:first-child,th:first-child{{text-align:left}}img{{max-width:48%}}</style></head><body>\n<h1>Report: {0}</h1>\n<ul>\n",
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Report: {0}</title>\n<style>body{{font-family:sans-serif;max-width:1220px;margin:2em auto;padding:0 1em}}.t{{overflow-x:auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:right}}td{{white-space:nowrap}}td:last-child{{white-space:normal}}.k{{text-align:left;white-space:normal;min-width:6em}}figure{{margin:1em 0 2.5em}}figure img{{width:100%;max-width:1100px;height:auto;display:block}}figcaption{{font-size:.9em;color:#555}}</style></head><body>\n<h1>Report: {0}</h1>\n<ul>\n",
         esc(&report.suite)
     );
     for h in &header {
@@ -437,15 +448,19 @@ fn index(report: &Report, opts: &Options, tables: &[table::Table], plots: &[plot
             t.markdown(),
             n = t.name
         ));
-        html.push_str(&format!("<h2>{}</h2>\n{}\n", esc(&t.title), t.html()));
+        html.push_str(&format!("<h2>{}</h2>\n<div class=\"t\">{}</div>\n", esc(&t.title), t.html()));
     }
     if !plots.is_empty() {
         md.push_str("## Plots\n\n");
         html.push_str("<h2>Plots</h2>\n");
+        let rel = |p: &Path| format!("plots/{}", p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
         for p in plots {
-            let rel = format!("plots/{}", p.png.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
-            md.push_str(&format!("### {}\n\n![{}]({rel})\n\n", p.title, p.title));
-            html.push_str(&format!("<h3>{}</h3><img src=\"{rel}\" alt=\"{}\">\n", esc(&p.title), esc(&p.title)));
+            let (png, svg) = (rel(&p.png), rel(&p.svg));
+            md.push_str(&format!("### {}\n\n![{}]({png})\n\n[SVG]({svg})\n\n", p.title, p.title));
+            html.push_str(&format!(
+                "<figure><img src=\"{svg}\" alt=\"{t}\"><figcaption>{t} · <a href=\"{svg}\">SVG</a> · <a href=\"{png}\">PNG</a></figcaption></figure>\n",
+                t = esc(&p.title)
+            ));
         }
     }
     html.push_str("</body></html>\n");

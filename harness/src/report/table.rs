@@ -60,6 +60,16 @@ impl Table {
                 .replace('→', "$\\to$")
                 .replace('Δ', "$\\Delta$")
                 .replace('†', "$^\\dagger$")
+                .replace('≥', "$\\geq$")
+                .replace('≤', "$\\leq$")
+                .replace('τ', "$\\tau$")
+                .replace('β', "$\\beta$")
+                .replace('α', "$\\alpha$")
+                .replace('γ', "$\\gamma$")
+                .replace('λ', "$\\lambda$")
+                .replace('ω', "$\\omega$")
+                .replace('ε', "$\\varepsilon$")
+                .replace('μ', "$\\mu$")
         };
         let spec: String = (0..self.header.len()).map(|i| if i < self.keys { 'l' } else { 'r' }).collect();
         let mut s = format!("% {}\n% {}\n\\begin{{tabular}}{{{spec}}}\n\\toprule\n", self.title, self.note.replace('\n', " "));
@@ -74,16 +84,18 @@ impl Table {
     }
 
     pub fn html(&self) -> String {
+        // Label columns (class `k`) read left-aligned and may wrap; numbers stay on one line.
+        let class = |i: usize| if i < self.keys { " class=\"k\"" } else { "" };
         let mut s = String::from("<table>\n<tr>");
-        for h in &self.header {
-            s.push_str(&format!("<th>{}</th>", super::esc(h)));
+        for (i, h) in self.header.iter().enumerate() {
+            s.push_str(&format!("<th{}>{}</th>", class(i), super::esc(h)));
         }
         s.push_str("</tr>\n");
         for r in &self.rows {
             s.push_str("<tr>");
-            for c in r {
+            for (i, c) in r.iter().enumerate() {
                 let t = super::esc(&c.text);
-                s.push_str(&if c.bold { format!("<td><b>{t}</b></td>") } else { format!("<td>{t}</td>") });
+                s.push_str(&if c.bold { format!("<td{}><b>{t}</b></td>", class(i)) } else { format!("<td{}>{t}</td>", class(i)) });
             }
             s.push_str("</tr>\n");
         }
@@ -125,7 +137,9 @@ pub fn pm(mean: f64, std: Option<f64>) -> String {
 
 /// Every table of a report.
 pub fn all(r: &Report, o: &Options, expected: &[Expected]) -> anyhow::Result<Vec<Table>> {
-    let mut out = vec![main(r, o, expected)?, groups(r)];
+    let mut out = vec![main(r, o, expected)?];
+    out.extend(super::verdict::table(r, o, expected));
+    out.push(groups(r));
     if let Some(c) = comparisons(r, o) {
         out.push(c);
     }
@@ -372,36 +386,72 @@ pub fn baseline_of<'a>(r: &'a Report, g: &Group, method: &str) -> Option<&'a Gro
         })
 }
 
-/// Each method against the suite's baseline method per student (and teacher): Δ mean and
-/// Welch's t-test.
+/// A p-value with four decimals, or in scientific notation when smaller than that shows.
+fn p_text(p: f64) -> String {
+    if p < 1e-4 { format!("{p:.1e}") } else { format!("{p:.4}") }
+}
+
+/// Each method against the suite's baseline method per student (and teacher): Δ mean and a
+/// two-sided test: paired (t-test, and Wilcoxon signed-rank from enough pairs) when the two
+/// groups ran on the same seeds, Welch's t-test otherwise.
 pub fn comparisons(r: &Report, o: &Options) -> Option<Table> {
     let method = o.baseline.as_deref()?;
     let m = o.metric.column();
+    let min_pairs = stats::wilcoxon_min_pairs(o.alpha);
     let mut rows = Vec::new();
     for g in r.groups.iter().filter(|g| r.head(g).spec.role == Role::Student && r.head(g).spec.method != method) {
         let Some(b) = baseline_of(r, g, method) else { continue };
         let (Some(a), Some(bs)) = (g.stats.get(m), b.stats.get(m)) else { continue };
-        let w = stats::welch(&a.moments(), &bs.moments());
-        let (t, p, sig) = match w {
-            Some(w) => (format!("{:.2}", w.t), format!("{:.4}", w.p), if w.p < o.alpha { "*" } else { "" }),
-            None => ("".into(), "n/a (needs ≥2 seeds each)".into(), ""),
+        let c = stats::compare(&r.seed_values(g, m), &r.seed_values(b, m), o.alpha);
+        let test = c.t();
+        let d = c.delta();
+        let sig = if test.is_some_and(|t| t.p < o.alpha) { "*" } else { "" };
+        let (n, signed_rank) = match c {
+            stats::Comparison::Paired { n, wilcoxon, .. } => (
+                format!("{n} pairs"),
+                match wilcoxon {
+                    Some(w) => format!("{} ({})", p_text(w.p), if w.exact { "exact" } else { "normal approx." }),
+                    None if n < min_pairs => format!("n/a (needs ≥{min_pairs} pairs)"),
+                    None => "n/a (all differences zero)".into(),
+                },
+            ),
+            stats::Comparison::Welch { n_a, n_b, .. } => (format!("{n_a} vs {n_b}"), "n/a (unpaired)".into()),
         };
-        let d = a.mean - bs.mean;
+        let (t, df, p) = match test {
+            Some(t) => (format!("{:.2}", t.t), format!("{:.1}", t.df), p_text(t.p)),
+            None => match c {
+                stats::Comparison::Paired { .. } => (String::new(), String::new(), "n/a (differences without spread)".into()),
+                stats::Comparison::Welch { .. } => (String::new(), String::new(), "n/a (needs ≥2 seeds each)".into()),
+            },
+        };
         rows.push(vec![
             TCell::text(r.label(g)),
             TCell::text(r.label(b)),
             TCell { text: pm(a.mean, a.std), mean: Some(a.mean), std: a.std, n: Some(a.n), bold: false },
             TCell { text: pm(bs.mean, bs.std), mean: Some(bs.mean), std: bs.std, n: Some(bs.n), bold: false },
             TCell { text: format!("{d:+.2}{sig}"), mean: Some(d), ..Default::default() },
+            TCell::text(c.test_name()),
+            TCell::text(n),
             TCell::text(t),
+            TCell::text(df),
             TCell::text(p),
+            TCell::text(signed_rank),
         ]);
     }
     Some(Table {
         name: "comparisons".into(),
         title: format!("Against the baseline `{method}` ({})", o.metric.describe()),
-        note: format!("Welch's unequal-variance t-test, two-sided; * p < {}", o.alpha),
-        header: ["run", "baseline", "ours", "baseline", "Δ", "t", "p"].iter().map(|s| s.to_string()).collect(),
+        note: format!(
+            "two-sided tests; * p < {a} (t-test). Groups trained on the same seeds (same initialisation and data order) are compared \
+             paired on their shared seeds: paired t-test, Δ = mean of the per-seed differences, and the Wilcoxon signed-rank test \
+             (exact or normal approximation as scipy's default chooses) from {min_pairs} pairs, the fewest at which it can reach p < {a}. \
+             Other groups: Welch's unequal-variance t-test, Δ = difference of the means.",
+            a = o.alpha
+        ),
+        header: ["run", "baseline", "run mean ± std", "baseline mean ± std", "Δ", "test", "n", "t", "df", "p", "Wilcoxon p"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         keys: 2,
         rows,
     })
