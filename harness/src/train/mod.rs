@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod prune;
 pub mod sgd;
+pub mod trace;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -464,6 +465,7 @@ pub fn train(
         }
     }
     writeln!(log, "run {} — {} params, device {:?}, teacher top-1 {:?}, epochs {}..={}", spec.id, param_count, device, teacher_top1, first_epoch, r.epochs)?;
+    let mut trace = trace::Trace::start(&spec.id, first_epoch, &stores(&net, &aux, &peers, moving))?;
 
     for epoch in first_epoch..=r.epochs {
         let lr = r.lr_at(epoch);
@@ -521,6 +523,9 @@ pub fn train(
             opt.backward_step(&total);
             if let Some(m) = &masks {
                 opt.apply_masks(m);
+            }
+            if let Some(t) = &mut trace {
+                t.step(epoch, lr, &x, &y, &idx, &terms, &stores(&net, &aux, &peers, moving), &opt)?;
             }
             if names.is_empty() {
                 names = terms.iter().map(|(n, _)| *n).collect();
