@@ -118,9 +118,6 @@ fn replay(py: &Path, script: &Path, dir: &Path, jobs: &[(PathBuf, PathBuf, PathB
     for (trace, run, out, knobs) in jobs {
         let args = [trace.clone(), run.join("config.json"), dir.join("synth/cifar-100-binary"), dir.join("teacher.safetensors"), out.clone()];
         let mut l: Vec<String> = args.iter().map(|p| p.display().to_string()).collect();
-        // The harness runs convolutions channels-last by default (KD_HARNESS_CHANNELS_LAST): the
-        // reference does too, so both sum in the same order.
-        l.push("--channels-last".to_string());
         l.extend(knobs.iter().map(|k| k.to_string()));
         lines.push_str(&l.join(" "));
         lines.push('\n');
@@ -151,6 +148,14 @@ fn official_loops_reproduce_every_step_and_wrong_knobs_do_not() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
+    // DKD once more in PyTorch's default NCHW layout (the official code's), traced apart.
+    std::fs::write(d.join("nchw.toml"), SUITE.replace(r#"method = ["ce", "kd", "dkd", "dist", "crd"]"#, r#"method = ["dkd"]"#)).unwrap();
+    let o = harness_cmd(&["run", "nchw.toml", "--data-dir", "synth", "--results", "r0", "--devices", "cpu", "--threads", "1"], d)
+        .env("KD_HARNESS_TRACE", d.join("trace-nchw"))
+        .env("KD_HARNESS_CHANNELS_LAST", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
 
     let mut runs: BTreeMap<String, PathBuf> = BTreeMap::new();
     for e in std::fs::read_dir(d.join("r/parity/runs")).unwrap().flatten() {
@@ -160,14 +165,19 @@ fn official_loops_reproduce_every_step_and_wrong_knobs_do_not() {
     assert_eq!(runs.keys().cloned().collect::<Vec<_>>(), ["ce", "crd", "dist", "dkd", "kd"]);
     let trace_of = |run: &Path| d.join("trace").join(run.file_name().unwrap());
     let knob_sets: [&[&str]; 5] = [&["--nesterov"], &["--no-wd-on-bn"], &["--milestone-zero-based"], &["--pad-mode", "reflect"], &["--warmup-zero-based"]];
+    // The harness runs convolutions channels-last by default (KD_HARNESS_CHANNELS_LAST): the
+    // reference then does too, so both sum in the same order (the layouts alone differ by up to
+    // 1e-2 in one step's momentum buffers).
     let mut jobs: Vec<(PathBuf, PathBuf, PathBuf, Vec<&str>)> =
-        runs.iter().map(|(m, run)| (trace_of(run), run.clone(), d.join(format!("ref-{m}")), vec![])).collect();
+        runs.iter().map(|(m, run)| (trace_of(run), run.clone(), d.join(format!("ref-{m}")), vec!["--channels-last"])).collect();
+    let nchw = d.join("trace-nchw").join(runs["dkd"].file_name().unwrap());
+    jobs.push((nchw.clone(), runs["dkd"].clone(), d.join("ref-dkd-nchw"), vec![]));
     // Each wrong knob of the reference must be caught (on DKD: it has a warm-up and a teacher).
     // Teacher forcing makes steps independent, so the first step of epochs 1 and 2 suffice: the
     // 0-based milestone shows at step 11 (epoch 2), every other knob from step 1.
     for (k, knobs) in knob_sets.iter().enumerate() {
         let mut args = knobs.to_vec();
-        args.extend(["--steps", "1,11"]);
+        args.extend(["--channels-last", "--steps", "1,11"]);
         jobs.push((trace_of(&runs["dkd"]), runs["dkd"].clone(), d.join(format!("ref-dkd-knob{k}")), args));
     }
     let t1 = std::time::Instant::now();
@@ -183,6 +193,9 @@ fn official_loops_reproduce_every_step_and_wrong_knobs_do_not() {
         eprintln!("{method}: largest deviation {:.3e} ({})", worst.0, worst.1);
         assert!(bad.is_empty(), "{method}: the harness deviates from the official loop:\n{}", bad.join("\n"));
     }
+    let (bad, worst, replayed) = compare(&nchw, &d.join("ref-dkd-nchw"));
+    eprintln!("dkd (NCHW): largest deviation {:.3e} ({})", worst.0, worst.1);
+    assert!(replayed == 30 && bad.is_empty(), "dkd in NCHW layout deviates from the official loop:\n{}", bad.join("\n"));
     for (k, knobs) in knob_sets.iter().enumerate() {
         let (bad, worst, _) = compare(&trace_of(&runs["dkd"]), &d.join(format!("ref-dkd-knob{k}")));
         eprintln!("knob {knobs:?}: {} deviations above {TOL}; largest {:.3e} ({})", bad.len(), worst.0, worst.1);

@@ -412,7 +412,12 @@ def main(a):
         target = labels[idx]
         if not torch.equal(target, s["y"]):
             raise SystemExit(f"{path}: labels at the traced indices differ from the traced labels")
-        x = make_batch(images, idx, s["draw.crop_y"].view(-1), s["draw.crop_x"].view(-1), s.get("draw.flip", None), a.pad_mode)
+        if recipe["augment"]:
+            x = make_batch(images, idx, s["draw.crop_y"].view(-1), s["draw.crop_x"].view(-1), s.get("draw.flip", None), a.pad_mode)
+        else:
+            # No augmentation: the crop at offset (pad, pad) of the padded image is the image itself.
+            four = torch.full((len(idx),), 4)
+            x = make_batch(images, idx, four, four, None, a.pad_mode)
         if a.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         opt.zero_grad()

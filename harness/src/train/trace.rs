@@ -2,9 +2,9 @@
 //! with `KD_HARNESS_TRACE=<dir>` set, a run writes under `<dir>/<run-id>/`
 //! - `init.safetensors`: every variable of its stores (`model.`, `aux.`, ...) before the first step;
 //! - `step-<k>.safetensors` (k = 1, 2, ...): the batch as the network saw it (`x` normalised float
-//!   NCHW, `y`, `idx` dataset indices), `epoch`, `lr`, each loss term (`loss.<name>`), the random
-//!   draws recorded since the previous step by [`record`] (`draw.<name>`: augmentation offsets and
-//!   flips, CRD's negatives), so a reference implementation can replay them, and the state after
+//!   NCHW, `y`, `idx` dataset indices), `epoch`, `lr`, each loss term (`loss.<name>`), the latest
+//!   random draws recorded by [`record`] (`draw.<name>`: the batch's crop offsets and flips, CRD's
+//!   negatives), so a reference implementation can replay them, and the state after
 //!   the update: every variable of the stores and the momentum buffers (`momentum.<param>`). The
 //!   last step's file is the run's final state.
 //!
@@ -21,28 +21,29 @@ use tch::{Kind, Tensor, nn};
 pub const TRACE_ENV: &str = "KD_HARNESS_TRACE";
 
 /// Draws recorded since the last step, in the order they were made.
-static PENDING: Mutex<Vec<(String, Tensor)>> = Mutex::new(Vec::new());
+static DRAWS: Mutex<Vec<(String, Tensor)>> = Mutex::new(Vec::new());
 
 fn enabled() -> bool {
     std::env::var_os(TRACE_ENV).is_some_and(|v| !v.is_empty())
 }
 
-/// Records a random draw (as Int64/Float on the CPU) for the next [`Trace::step`]; a no-op unless
-/// tracing. A later draw of the same name before that step replaces it.
+/// Records a random draw (as Int64/Float on the CPU) for the following [`Trace::step`] calls; a
+/// no-op unless tracing. A later draw of the same name replaces it, so every step writes the
+/// latest draws: those of its batch (which every member of a cohort shares) and its method's.
 pub fn record(name: &str, t: &Tensor) {
     if !enabled() {
         return;
     }
     let t = if t.kind() == Kind::Bool { t.to_kind(Kind::Int64) } else { t.shallow_clone() };
     let t = t.detach().to_device(tch::Device::Cpu).contiguous();
-    if let Ok(mut p) = PENDING.lock() {
+    if let Ok(mut p) = DRAWS.lock() {
         p.retain(|(n, _)| n != name);
         p.push((name.to_string(), t));
     }
 }
 
-fn take_pending() -> Vec<(String, Tensor)> {
-    PENDING.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default()
+fn draws() -> Vec<(String, Tensor)> {
+    DRAWS.lock().map(|p| p.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()).unwrap_or_default()
 }
 
 /// One run's trace directory and step counter.
@@ -77,14 +78,16 @@ impl Trace {
         }
         let dir = PathBuf::from(root).join(id);
         std::fs::create_dir_all(&dir).with_context(|| format!("trace: creating {}", dir.display()))?;
-        // Draws made while setting up (a probe, PrUE's passes) belong to no step.
-        take_pending();
+        // Draws made while setting up (PrUE's passes) belong to no step.
+        if let Ok(mut p) = DRAWS.lock() {
+            p.clear();
+        }
         write(dir.join("init.safetensors"), variables(stores))?;
         Ok(Some(Trace { dir, step: 0 }))
     }
 
-    /// Writes one step: the batch, the loss terms, the draws recorded since the last step, and the
-    /// state after the update.
+    /// Writes one step: the batch, the loss terms, the latest recorded draws, and the state after
+    /// the update.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -106,7 +109,7 @@ impl Trace {
             ("lr".to_string(), scalar(lr, Kind::Double)),
         ];
         named.extend(terms.iter().map(|(n, t)| (format!("loss.{n}"), t.detach().to_kind(Kind::Float).reshape([1]))));
-        named.extend(take_pending().into_iter().map(|(n, t)| (format!("draw.{n}"), t)));
+        named.extend(draws().into_iter().map(|(n, t)| (format!("draw.{n}"), t)));
         named.extend(variables(stores));
         named.extend(opt.state());
         write(self.dir.join(format!("step-{:06}.safetensors", self.step)), named)
