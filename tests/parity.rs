@@ -75,7 +75,7 @@ fn compare(trace: &Path, reference: &Path) -> (Vec<String>, (f64, String), usize
         if dev > worst.0 || dev.is_nan() {
             worst = (dev, name.clone());
         }
-        if !(dev <= TOL) {
+        if dev.is_nan() || dev > TOL {
             bad.push(format!("{name}: {dev:.3e}"));
         }
     };
