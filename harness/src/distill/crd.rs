@@ -143,6 +143,7 @@ impl Crd {
         let labels = labels.to_device(y.device());
         let weights = labels.unsqueeze(0).ne_tensor(&y.unsqueeze(1)).to_kind(Kind::Float);
         let neg = weights.multinomial(self.k, self.k > self.min_pool);
+        crate::train::trace::record("crd_negatives", &neg);
         Ok(Tensor::cat(&[idx.unsqueeze(1), neg], 1))
     }
 }

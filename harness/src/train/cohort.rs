@@ -256,7 +256,7 @@ fn epoch_steps(s: &mut Slots, stream: &Stream, epoch: u32, data: &Dataset, devic
             l.add_shared_time(shared);
             let t = if l.spec.teachers.is_empty() { &[][..] } else { &t_out[..] };
             let b = Batch { x: &x, y: &y, soft: soft.as_ref(), idx: &idx, index: index as u64, teachers: t };
-            if let Err(e) = guarded(|| l.step(&b, epoch)) {
+            if let Err(e) = guarded(|| l.step(&b, epoch, own(&l.spec, teachers))) {
                 s.fail(i, e);
             }
         }

@@ -97,6 +97,8 @@ pub struct Learner {
     final_stats: (metrics::OutputStats, metrics::Reliability),
     peers_last: Vec<f64>,
     started: Instant,
+    /// Per-step trace for the parity test (`KD_HARNESS_TRACE`), else `None`.
+    trace: Option<super::trace::Trace>,
 }
 
 impl Learner {
@@ -148,8 +150,11 @@ impl Learner {
             final_stats: Default::default(),
             peers_last: vec![],
             started,
+            trace: None,
         };
         l.resume(teachers)?;
+        let moving = if l.caps.teacher_train { teachers } else { &[] };
+        l.trace = super::trace::Trace::start(&spec.id, l.first_epoch, &stores_of(&l.net, &l.aux, &l.peers, moving))?;
         writeln!(l.log, "run {} — {} params, device {device:?}, epochs {}..={}", spec.id, l.param_count, l.first_epoch, spec.train.epochs)?;
         Ok(l)
     }
@@ -179,8 +184,9 @@ impl Learner {
         self.sums = Some(EpochSums::new(device));
     }
 
-    /// One training step on a shared batch.
-    pub fn step(&mut self, b: &Batch<'_>, epoch: u32) -> anyhow::Result<()> {
+    /// One training step on a shared batch. `teachers`: the learner's own (for the trace of a
+    /// train-mode teacher's moving statistics).
+    pub fn step(&mut self, b: &Batch<'_>, epoch: u32, teachers: &[Teacher]) -> anyhow::Result<()> {
         let t0 = Instant::now();
         // The method's own randomness (CRD's negatives, ...) from the run's method stream.
         tch::manual_seed(site_seed(stream_seed(self.spec.seed, "method", epoch), b.index));
@@ -210,6 +216,10 @@ impl Learner {
         self.opt.backward_step(&total)?;
         if let Some(m) = &self.masks {
             self.opt.apply_masks(m)?;
+        }
+        if let Some(t) = &mut self.trace {
+            let moving = if self.caps.teacher_train { teachers } else { &[] };
+            t.step(epoch, self.opt.lr, b.x, b.y, b.idx, &terms, &stores_of(&self.net, &self.aux, &self.peers, moving), &self.opt)?;
         }
         let sums = self.sums.as_mut().context("step outside an epoch")?;
         sums.add(&terms, &total, &s_out.logits, b.y);

@@ -22,6 +22,7 @@ pub mod record;
 pub mod resume;
 pub mod sgd;
 pub mod stage;
+pub mod trace;
 
 use std::path::PathBuf;
 
