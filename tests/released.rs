@@ -28,10 +28,10 @@ import models, st
 dir, model, arch = sys.argv[2], sys.argv[3], sys.argv[4]
 torch.manual_seed(0)
 m = models.build(arch, 100)
-with torch.no_grad():
+with torch.no_grad():  # not the init: any weights, BN variances positive
     for k, v in m.state_dict().items():
         if v.is_floating_point():
-            v.copy_(torch.randn_like(v))  # not the init: any weights
+            v.copy_(torch.rand_like(v) + 0.5 if k.endswith("running_var") else torch.randn_like(v) * 0.1)
 sd = m.state_dict()
 os.makedirs(f"{dir}/cifar_teachers/{model}_vanilla", exist_ok=True)
 torch.save({"epoch": 240, "model": sd, "accuracy": torch.tensor(72.34), "optimizer": {"state": {}, "param_groups": [{"lr": 5e-4}]}},
@@ -100,17 +100,18 @@ fn released_suite_points_at_the_converted_teachers() {
     std::fs::create_dir(d.join("suites")).unwrap();
     let suite = d.join("suites/cifar100_released.toml");
     std::fs::copy(repo("suites/cifar100_released.toml"), &suite).unwrap();
-    let o = harness(&["plan", suite.to_str().unwrap()], d);
+    let data = repo("tests/fixtures");
+    let plan = || harness(&["plan", suite.to_str().unwrap(), "--data-dir", data.to_str().unwrap()], d);
+    let o = plan();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("teachers/mdistiller/") && text(&o).contains("checkpoint"), "{}", text(&o));
 
     // With the six files there (any bytes: plan hashes them), the table plans: 11 pairs × 5
-    // methods × 5 seeds, no teacher runs, 45 ce students shared between pairs of one student.
+    // methods × 5 seeds, no teacher runs, the 45 ce students shared by pairs with one student.
     std::fs::create_dir_all(d.join("teachers/mdistiller")).unwrap();
     for t in ["resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "ResNet50"] {
         std::fs::write(d.join(format!("teachers/mdistiller/{t}.safetensors")), t).unwrap();
     }
-    let o = harness(&["plan", suite.to_str().unwrap(), "--data-dir", repo("tests/fixtures").to_str().unwrap()], d);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("0 teachers"), "{}", text(&o));
+    let o = plan();
+    assert!(o.status.success() && text(&o).contains("265 runs = 0 teachers + 265 students"), "{}", text(&o));
 }
