@@ -7,8 +7,17 @@ so their state dicts load, and the same feature taps: `forward(x)` returns
 Pooling is global average pooling everywhere: RepDistiller's fixed windows (AvgPool 8, 4, 2) cover
 the whole final map at 32×32, so it is the same there, and 64×64 inputs (Tiny-ImageNet) run too.
 
+Initialisation is each family's official one: `build` applies the init loop of the official file
+(copied below, one function per loop, citing it), or none where the official file has none (then
+PyTorch's module defaults stand). tests/init.rs compares the harness's fresh weights with these
+tensor by tensor; `init_stats.py --official` cross-checks these against the official files.
+
 Needs only torch (no torchvision).
 """
+import math
+import pathlib
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -445,30 +454,138 @@ class ResNetV2(nn.Module):
         return self.linear(pooled), feats, preact, pooled
 
 
+# --- mlp, cnn_small, cnn_tiny (the harness's own digits models; no official file) ---------------
+
+class Mlp(nn.Module):
+    def __init__(self, num_classes, in_channels=3):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels * 64, 128)
+        self.fc2 = nn.Linear(128, 128)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(x, 8).flatten(1)
+        h1p = self.fc1(x)
+        h2p = self.fc2(F.relu(h1p))
+        h2 = F.relu(h2p)
+        return self.fc(h2), [F.relu(h1p), h2], [h1p, h2p], h2
+
+
+class Cnn(nn.Module):
+    def __init__(self, widths, num_classes, in_channels=3):
+        super().__init__()
+        cin = in_channels
+        for i, w in enumerate(widths):
+            setattr(self, f"conv{i + 1}", nn.Conv2d(cin, w, 3, 1 if i == 0 else 2, 1, bias=False))
+            setattr(self, f"bn{i + 1}", nn.BatchNorm2d(w))
+            cin = w
+        self.n = len(widths)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        feats, preact = [], []
+        for i in range(1, self.n + 1):
+            pre = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x))
+            x = F.relu(pre)
+            feats.append(x)
+            preact.append(pre)
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(pooled), feats, preact, pooled
+
+
+# --- Official initialisation: each family's init loop, copied from its file ----------------------
+
+def init_kaiming_fan_out(model):
+    """mdistiller/models/cifar/resnet.py 126-131 and resnetv2.py 103-108 (RepDistiller
+    models/resnet.py, resnetv2.py; zero_init_residual off); torchvision models/resnet.py
+    ResNet.__init__. Linear layers keep PyTorch's default."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
+def init_wrn(model):
+    """mdistiller/models/cifar/wrn.py 97-105 (RepDistiller models/wrn.py): the Linear keeps its
+    default weight, its bias is zeroed."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(0, math.sqrt(2.0 / n))
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.fill_(1)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            m.bias.data.zero_()
+
+
+def init_vgg_mobilenetv2(model):
+    """`_initialize_weights` of mdistiller/models/cifar/vgg.py and mobilenetv2.py 165-178
+    (RepDistiller models/vgg.py, mobilenetv2.py)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                m.bias.data.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.fill_(1)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            m.weight.data.normal_(0, 0.01)
+            m.bias.data.zero_()
+
+
+def no_init_loop(model):
+    """ShuffleNetv1.py, ShuffleNetv2.py, mv2_tinyimagenet.py (mdistiller models/cifar) and
+    mobilenetv1.py (models/imagenet) have none: PyTorch's defaults, conv and linear weights
+    kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), biases U(+-1/sqrt(fan_in)), BN 1/0."""
+
+
 W1, W4 = [16, 16, 32, 64], [32, 64, 128, 256]
 
 
 def build(name, num_classes=100):
-    """A model by its harness/RepDistiller name."""
+    """A model by its harness/RepDistiller name, initialised as its official file does."""
+    model, init = architecture(name, num_classes)
+    init(model)
+    return model
+
+
+def architecture(name, num_classes):
+    """(model, the official init loop of its family)."""
     resnets = {"resnet8": (8, W1), "resnet14": (14, W1), "resnet20": (20, W1), "resnet32": (32, W1), "resnet44": (44, W1),
                "resnet56": (56, W1), "resnet110": (110, W1), "resnet8x4": (8, W4), "resnet32x4": (32, W4)}
     if name in resnets:
-        return ResNetCifar(*resnets[name], num_classes)
+        return ResNetCifar(*resnets[name], num_classes), init_kaiming_fan_out
     if name.startswith("wrn_"):
         _, d, k = name.split("_")
-        return WRN(int(d), int(k), num_classes)
+        return WRN(int(d), int(k), num_classes), init_wrn
     if name in VGG_CFG:
-        return VGG(name, num_classes)
+        return VGG(name, num_classes), init_vgg_mobilenetv2
     if name == "MobileNetV2":
-        return MobileNetV2(num_classes)
+        return MobileNetV2(num_classes), init_vgg_mobilenetv2
     if name == "mobilenetv2_tinyimagenet":
-        return MobileNetV2Tiny(num_classes)
+        return MobileNetV2Tiny(num_classes), no_init_loop
     if name == "ShuffleV1":
-        return ShuffleV1(num_classes)
+        return ShuffleV1(num_classes), no_init_loop
     if name == "ShuffleV2":
-        return ShuffleV2(num_classes)
+        return ShuffleV2(num_classes), no_init_loop
     if name == "ResNet18":
-        return ResNetV2(V2Basic, (2, 2, 2, 2), num_classes)
+        return ResNetV2(V2Basic, (2, 2, 2, 2), num_classes), init_kaiming_fan_out
     if name == "ResNet50":
-        return ResNetV2(V2Bottleneck, (3, 4, 6, 3), num_classes)
+        return ResNetV2(V2Bottleneck, (3, 4, 6, 3), num_classes), init_kaiming_fan_out
+    if name in ("resnet18", "resnet34", "resnet50", "mobilenetv1"):
+        # The ImageNet models' reference definitions live with their test (forward only: logits).
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures"))
+        import imagenet_reference
+        return imagenet_reference.build(name, num_classes), no_init_loop if name == "mobilenetv1" else init_kaiming_fan_out
+    if name == "mlp":
+        return Mlp(num_classes), init_kaiming_fan_out
+    if name == "cnn_small":
+        return Cnn([32, 64, 128], num_classes), init_kaiming_fan_out
+    if name == "cnn_tiny":
+        return Cnn([16, 32], num_classes), init_kaiming_fan_out
     raise SystemExit(f"unknown model {name}")

@@ -182,8 +182,9 @@ impl Distiller for Crd {
             let _ = mem_t.shallow_clone().uniform_(-a, a);
         });
         self.state = Some(State {
-            head_s: nn::linear(vs / "embed_s", ds, self.d, Default::default()),
-            head_t: nn::linear(vs / "embed_t", dt, self.d, Default::default()),
+            // RepDistiller's `Embed` (crd/criterion.py): nn.Linear with PyTorch's default init.
+            head_s: crate::models::init::linear(vs / "embed_s", ds, self.d, crate::models::init::PYTORCH_DEFAULT),
+            head_t: crate::models::init::linear(vs / "embed_t", dt, self.d, crate::models::init::PYTORCH_DEFAULT),
             mem_s,
             mem_t,
             z: vs.zeros_no_train("z", &[2]),

@@ -59,12 +59,20 @@ impl Regressor {
     fn new(p: &nn::Path, s: &[i64], t: &[i64]) -> anyhow::Result<Regressor> {
         let (cs, hs, ws) = (s[1], s[2], s[3]);
         let (ct, ht, wt) = (t[1], t[2], t[3]);
+        // RepDistiller's `ConvReg` (models/util.py) leaves its convs to PyTorch's default init:
+        // weight and bias U(±1/√fan_in), fan_in = weight.size(1)·kh·kw (for a transposed conv
+        // that is its output channels).
+        use crate::models::init::pytorch_default as default;
         let conv = if hs == 2 * ht {
-            Conv::Down(nn::conv2d(p / "conv", cs, ct, 3, nn::ConvConfig { stride: 2, padding: 1, ..Default::default() }))
+            let (ws_init, bs_init) = (default(cs * 9), default(cs * 9));
+            Conv::Down(nn::conv2d(p / "conv", cs, ct, 3, nn::ConvConfig { stride: 2, padding: 1, ws_init, bs_init, ..Default::default() }))
         } else if 2 * hs == ht {
-            Conv::Up(nn::conv_transpose2d(p / "conv", cs, ct, 4, nn::ConvTransposeConfig { stride: 2, padding: 1, ..Default::default() }))
+            let (ws_init, bs_init) = (default(ct * 16), default(ct * 16));
+            Conv::Up(nn::conv_transpose2d(p / "conv", cs, ct, 4, nn::ConvTransposeConfig { stride: 2, padding: 1, ws_init, bs_init, ..Default::default() }))
         } else if hs >= ht {
-            Conv::Same(nn::conv(p / "conv", cs, ct, [1 + hs - ht, 1 + ws - wt], Default::default()))
+            let (kh, kw) = (1 + hs - ht, 1 + ws - wt);
+            let (ws_init, bs_init) = (default(cs * kh * kw), default(cs * kh * kw));
+            Conv::Same(nn::conv(p / "conv", cs, ct, [kh, kw], nn::ConvConfigND { ws_init, bs_init, ..Default::default() }))
         } else {
             crate::input_bail!(
                 "method `fitnet`: the student's hint map ({hs}x{ws}) is smaller than the teacher's ({ht}x{wt}) and not half of it, so no regressor maps one onto the other; choose another `fitnet.hint_layer` or teacher/student pair"

@@ -41,7 +41,8 @@ pub fn reliability(logits: &Tensor, labels: &Tensor, n_bins: i64) -> Reliability
     let probs = logits.to_kind(Kind::Double).softmax(1, Kind::Double);
     let (conf, pred) = probs.max_dim(1, false);
     let acc = pred.eq_tensor(labels).to_kind(Kind::Double);
-    let bin = (&conf * n_bins as f64).ceil().g_sub_scalar(1.0).clamp(0.0, (n_bins - 1) as f64).to_kind(Kind::Int64);
+    // A non-finite confidence (NaN logits) goes to the first bin rather than to a garbage index.
+    let bin = (&conf * n_bins as f64).ceil().g_sub_scalar(1.0).nan_to_num(0.0, None, None).clamp(0.0, (n_bins - 1) as f64).to_kind(Kind::Int64);
     let zeros = Tensor::zeros([n_bins], (Kind::Double, logits.device()));
     let vec = |t: Tensor| Vec::<f64>::try_from(t.to_device(tch::Device::Cpu)).unwrap_or_default();
     let count = vec(zeros.index_add(0, &bin, &conf.ones_like())).into_iter().map(|c| c.round() as u64).collect();

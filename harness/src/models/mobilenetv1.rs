@@ -7,10 +7,14 @@
 //! Feature taps are mdistiller's four: the outputs of blocks 3, 5, 11 and 13 (128, 256, 512 and
 //! 1024 channels at strides 4, 8, 16, 32), `preact` before their last ReLU. mdistiller exposes
 //! no stem tap for this model, so unlike the CIFAR models `feats[0]` is not the stem.
+//!
+//! Init: `mobilenetv1.py` has no init loop, so PyTorch's defaults apply: bias-free convs
+//! U(±1/√fan_in) (fan_in = in/groups·k·k), BN 1/0, `fc` U(±1/√fan_in) weight and bias.
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv_init};
+use super::init::{self, Geom, PYTORCH_DEFAULT, PYTORCH_DEFAULT_NO_BIAS};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn};
 
 pub static ENTRIES: &[ModelEntry] =
     &[ModelEntry { name: "mobilenetv1", family: "mobilenetv1", input: Input::Native(3, 224, 224), build: |p, c| Box::new(MobileNetV1::new(p, c)) }];
@@ -23,7 +27,7 @@ const BLOCKS: [(i64, i64); 13] =
 const TAPS: [usize; 4] = [3, 5, 11, 13];
 
 fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn::Conv2D {
-    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding: (k - 1) / 2, groups, bias: false, ws_init: conv_init(), ..Default::default() })
+    init::conv(p, cin, cout, Geom::new(k, stride, (k - 1) / 2).groups(groups), PYTORCH_DEFAULT_NO_BIAS)
 }
 
 /// Conv+BN pairs of one `model.N` entry; ReLU follows each pair.
@@ -57,7 +61,7 @@ impl MobileNetV1 {
             units.push(Unit(vec![(cv(&q / 0, cin, cin, 3, stride, cin), bn(&q / 1, cin)), (cv(&q / 3, cin, out, 1, 1, 1), bn(&q / 4, out))]));
             cin = out;
         }
-        MobileNetV1 { units, fc: nn::linear(p / "fc", cin, c.num_classes, Default::default()) }
+        MobileNetV1 { units, fc: init::linear(p / "fc", cin, c.num_classes, PYTORCH_DEFAULT) }
     }
 }
 

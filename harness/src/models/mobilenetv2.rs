@@ -4,16 +4,23 @@
 //! global average pooling (the reference's AvgPool2d(2, ceil_mode) on the 2×2 map of a 32×32
 //! input), classifier `classifier.0`. mdistiller's Tiny-ImageNet `MobileNetV2` is a different
 //! network: [`super::mobilenetv2_tiny`].
+//!
+//! Init (mdistiller `mdistiller/models/cifar/mobilenetv2.py` `_initialize_weights` 165–178,
+//! RepDistiller `models/mobilenetv2.py`): convs (bias-free) `normal_(0, sqrt(2 / (k·k·out)))`
+//! (= Kaiming-normal fan-out; a depthwise conv counts its own channels), BN 1/0, classifier
+//! `normal_(0, 0.01)` with the bias zeroed.
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv_init, global_pool};
+use super::init::{self, Geom, KAIMING_NO_BIAS};
+use super::vgg::CLASSIFIER;
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, global_pool};
 
 pub static ENTRIES: &[ModelEntry] =
     &[ModelEntry { name: "MobileNetV2", family: "mobilenetv2", input: Input::Native(3, 32, 32), build: |p, c| Box::new(MobileNetV2::new(p, c, 6, 0.5)) }];
 
 fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn::Conv2D {
-    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding: (k - 1) / 2, groups, bias: false, ws_init: conv_init(), ..Default::default() })
+    init::conv(p, cin, cout, Geom::new(k, stride, (k - 1) / 2).groups(groups), KAIMING_NO_BIAS)
 }
 
 /// The inverted residual (linear bottleneck) block both MobileNetV2 variants use: 1×1 expansion
@@ -81,7 +88,7 @@ impl MobileNetV2 {
         }
         let last = 1280;
         let conv2 = (cv(p / "conv2" / 0, cin, last, 1, 1, 1), bn(p / "conv2" / 1, last));
-        MobileNetV2 { conv1, blocks, conv2, classifier: nn::linear(p / "classifier" / 0, last, c.num_classes, Default::default()) }
+        MobileNetV2 { conv1, blocks, conv2, classifier: init::linear(p / "classifier" / 0, last, c.num_classes, CLASSIFIER) }
     }
 }
 

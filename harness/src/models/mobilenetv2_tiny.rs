@@ -9,9 +9,13 @@
 //! Taps are mdistiller's five: after `pre`, `stage2`, `stage3`, `stage4` and `conv1`. The model
 //! returns no pre-activations, so `preact` repeats `feats`: the stage taps end in a linear
 //! bottleneck (nothing to precede), and `pre`/`conv1` stay after their ReLU6, as in `MobileNetV2`.
+//!
+//! Init: `mv2_tinyimagenet.py` has no init loop, so every conv (the classifier too) keeps
+//! PyTorch's `nn.Conv2d` default, U(±1/√fan_in) weight and bias, and BN is 1/0.
 
 use tch::{Tensor, nn, nn::Module};
 
+use super::init::{self, Geom, PYTORCH_DEFAULT};
 use super::mobilenetv2::Inverted;
 use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, global_pool};
 
@@ -27,9 +31,7 @@ const TAPS: [usize; 3] = [1, 2, 3];
 /// PyTorch's default `Conv2d`, which mv2_tinyimagenet.py keeps: biased, weight and bias uniform
 /// in ±1/√fan_in.
 fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, groups: i64) -> nn::Conv2D {
-    let b = 1.0 / ((cin / groups * k * k) as f64).sqrt();
-    let u = nn::Init::Uniform { lo: -b, up: b };
-    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding, groups, bias: true, ws_init: u, bs_init: u, ..Default::default() })
+    init::conv(p, cin, cout, Geom::new(k, stride, padding).groups(groups), PYTORCH_DEFAULT)
 }
 
 /// The biased conv with padding kernel/2 that `LinearBottleNeck` uses.

@@ -8,6 +8,7 @@
 //! that cannot run at other sizes is [`Input::Fixed`], which the suite check enforces.
 
 pub mod checkpoint;
+pub mod init;
 pub mod mobilenetv1;
 pub mod mobilenetv2;
 pub mod mobilenetv2_tiny;
@@ -19,6 +20,7 @@ pub mod small;
 pub mod vgg;
 pub mod wrn;
 
+pub use init::bn;
 use tch::{Device, Kind, Tensor, nn};
 
 /// What a forward pass returns.
@@ -227,21 +229,6 @@ pub fn run_stages<B>(stem: Tensor, stages: &[Vec<B>], block: impl Fn(&B, &Tensor
         preact.push(pre);
     }
     (h, feats, preact)
-}
-
-/// Conv init used by the reference models: Kaiming normal, fan-out, ReLU gain.
-pub fn conv_init() -> nn::Init {
-    nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanOut, non_linearity: nn::init::NonLinearity::ReLU }
-}
-
-/// 2-D convolution without bias (PyTorch naming: `<path>.weight`).
-pub fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
-    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding, bias: false, ws_init: conv_init(), ..Default::default() })
-}
-
-/// BatchNorm2d initialised as PyTorch does (weight 1, bias 0).
-pub fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() })
 }
 
 /// The same NCHW tensor stored channels-last (NHWC strides, PyTorch's `channels_last`); other

@@ -1,10 +1,15 @@
 //! CIFAR ResNets of RepDistiller/mdistiller (`models/resnet.py`): BasicBlock, n = (depth−2)/6
 //! blocks per stage, 1×1-conv ("option B") shortcuts where stride or width changes,
 //! global average pooling, classifier `fc`. Widths [16,16,32,64], or [32,64,128,256] for the x4 nets.
+//!
+//! Init (mdistiller `mdistiller/models/cifar/resnet.py` 126–131, RepDistiller `models/resnet.py`):
+//! convs `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, BN 1/0, `fc` left to PyTorch's
+//! `nn.Linear` default (U(±1/√fan_in) weight and bias).
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv, global_pool};
+use super::init::{self, PYTORCH_DEFAULT, kaiming_conv as conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, global_pool};
 
 const W1: [i64; 4] = [16, 16, 32, 64];
 const W4: [i64; 4] = [32, 64, 128, 256];
@@ -81,7 +86,7 @@ impl ResNet {
             conv1: conv(p / "conv1", c.in_channels, w[0], 3, 1, 1),
             bn1: bn(p / "bn1", w[0]),
             layers,
-            fc: nn::linear(p / "fc", w[3], c.num_classes, Default::default()),
+            fc: init::linear(p / "fc", w[3], c.num_classes, PYTORCH_DEFAULT),
         }
     }
 }

@@ -8,11 +8,17 @@
 //! but moves each block's last ReLU into the next block so that it can return pre-activations:
 //! `feats` = ReLU(stem BN) before max-pooling, then each stage's output; `preact` = the same
 //! taps before their ReLU. torchvision's own forward returns neither.
+//!
+//! Init (torchvision `torchvision/models/resnet.py` `ResNet.__init__`, and mdistiller's
+//! `mdistiller/models/imagenet/resnet.py` 116–122 with its `normal_(0, sqrt(2 / n))`, the same
+//! distribution): convs Kaiming-normal fan-out, BN 1/0 (`zero_init_residual=False`), `fc` left to
+//! PyTorch's `nn.Linear` default.
 
 use tch::{Tensor, nn, nn::Module};
 
+use super::init::{self, PYTORCH_DEFAULT, kaiming_conv as conv};
 use super::resnet_v2::{self, Block};
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn};
 
 const IMAGENET: Input = Input::Native(3, 224, 224);
 
@@ -36,7 +42,7 @@ impl ResNet {
             conv1: conv(p / "conv1", c.in_channels, 64, 7, 2, 3),
             bn1: bn(p / "bn1", 64),
             layers,
-            fc: nn::linear(p / "fc", cin, c.num_classes, Default::default()),
+            fc: init::linear(p / "fc", cin, c.num_classes, PYTORCH_DEFAULT),
         }
     }
 

@@ -1,10 +1,16 @@
 //! `ResNet18` / `ResNet50` for CIFAR of RepDistiller (`models/resnetv2.py`): 3×3 stem without
 //! max-pooling, four stages (64, 128, 256, 512 planes; Bottleneck ×4 expansion for ResNet50),
 //! `shortcut.0/.1` projections, adaptive average pooling, classifier `linear`.
+//!
+//! Init (mdistiller `mdistiller/models/cifar/resnetv2.py` 103–118, RepDistiller
+//! `models/resnetv2.py`): convs `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, BN 1/0
+//! (`zero_init_residual` is off in `ResNet18`/`ResNet50`), `linear` left to PyTorch's `nn.Linear`
+//! default.
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv};
+use super::init::{self, PYTORCH_DEFAULT, kaiming_conv as conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn};
 
 const CIFAR: Input = Input::Native(3, 32, 32);
 
@@ -96,7 +102,7 @@ impl ResNet {
             conv1: conv(p / "conv1", c.in_channels, 64, 3, 1, 1),
             bn1: bn(p / "bn1", 64),
             layers,
-            linear: nn::linear(p / "linear", cin, c.num_classes, Default::default()),
+            linear: init::linear(p / "linear", cin, c.num_classes, PYTORCH_DEFAULT),
         }
     }
 }

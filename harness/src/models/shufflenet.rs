@@ -6,10 +6,15 @@
 //! 1×1 `conv2`/`bn2`; classifiers `linear`. Stage features are the block outputs. The reference's
 //! AvgPool(4) covers the 4×4 final map of a 32×32 input; global pooling here, so 64×64 runs too
 //! (the reference's would flatten 2×2 maps into a classifier of the wrong width).
+//!
+//! Init: mdistiller's `mdistiller/models/cifar/ShuffleNetv1.py` and `ShuffleNetv2.py` (as
+//! RepDistiller's) have no init loop, so PyTorch's defaults apply: bias-free convs
+//! U(±1/√fan_in) with fan_in = in/groups·k·k, BN 1/0, `linear` U(±1/√fan_in) weight and bias.
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv_init, global_pool};
+use super::init::{self, Geom, PYTORCH_DEFAULT, PYTORCH_DEFAULT_NO_BIAS};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, global_pool};
 
 const CIFAR: Input = Input::Native(3, 32, 32);
 
@@ -19,7 +24,7 @@ pub static ENTRIES: &[ModelEntry] = &[
 ];
 
 fn cv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> nn::Conv2D {
-    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding: (k - 1) / 2, groups, bias: false, ws_init: conv_init(), ..Default::default() })
+    init::conv(p, cin, cout, Geom::new(k, stride, (k - 1) / 2).groups(groups), PYTORCH_DEFAULT_NO_BIAS)
 }
 
 /// `[N, C, H, W] → view(N, g, C/g, H, W) → swap(1, 2) → [N, C, H, W]`.
@@ -85,7 +90,7 @@ impl V1 {
             conv1: cv(p / "conv1", c.in_channels, 24, 1, 1, 1),
             bn1: bn(p / "bn1", 24),
             layers,
-            linear: nn::linear(p / "linear", out[2], c.num_classes, Default::default()),
+            linear: init::linear(p / "linear", out[2], c.num_classes, PYTORCH_DEFAULT),
         }
     }
 }
@@ -185,7 +190,7 @@ impl V2 {
             layers,
             conv2: cv(p / "conv2", out[2], out[3], 1, 1, 1),
             bn2: bn(p / "bn2", out[3]),
-            linear: nn::linear(p / "linear", out[3], c.num_classes, Default::default()),
+            linear: init::linear(p / "linear", out[3], c.num_classes, PYTORCH_DEFAULT),
         }
     }
 }

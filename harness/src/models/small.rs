@@ -1,9 +1,14 @@
 //! Small models for the digits dataset and fast tests: `mlp`, `cnn_small` (teacher-sized),
 //! `cnn_tiny` (student-sized). Any input size (global average pooling).
+//!
+//! No official file defines these; they take the CIFAR ResNets' init (`resnet.py`): convs
+//! Kaiming-normal fan-out, BN 1/0, every linear layer PyTorch's `nn.Linear` default (the
+//! reference is `scripts/reference/models.py`).
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv};
+use super::init::{self, PYTORCH_DEFAULT, kaiming_conv as conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn};
 
 pub static ENTRIES: &[ModelEntry] = &[
     ModelEntry { name: "mlp", family: "small", input: Input::Any, build: |p, c| Box::new(Mlp::new(p, c)) },
@@ -32,9 +37,9 @@ impl Mlp {
     fn new(p: &nn::Path, c: ModelCfg) -> Self {
         let d = c.in_channels * MLP_SIDE * MLP_SIDE;
         Mlp {
-            fc1: nn::linear(p / "fc1", d, 128, Default::default()),
-            fc2: nn::linear(p / "fc2", 128, 128, Default::default()),
-            fc: nn::linear(p / "fc", 128, c.num_classes, Default::default()),
+            fc1: init::linear(p / "fc1", d, 128, PYTORCH_DEFAULT),
+            fc2: init::linear(p / "fc2", 128, 128, PYTORCH_DEFAULT),
+            fc: init::linear(p / "fc", 128, c.num_classes, PYTORCH_DEFAULT),
         }
     }
 }
@@ -71,7 +76,7 @@ impl Cnn {
             convs.push((conv(p / format!("conv{}", i + 1), cin, w, 3, stride, 1), bn(p / format!("bn{}", i + 1), w)));
             cin = w;
         }
-        Cnn { convs, fc: nn::linear(p / "fc", cin, c.num_classes, Default::default()) }
+        Cnn { convs, fc: init::linear(p / "fc", cin, c.num_classes, PYTORCH_DEFAULT) }
     }
 }
 

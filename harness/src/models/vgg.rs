@@ -2,10 +2,19 @@
 //! [conv(bias), BN, ReLU]×m with each block's last ReLU applied outside (so indices run 0, 1, 3, 4,
 //! …), max-pooling between blocks (pool3 only for 64×64 inputs), adaptive average pooling and a
 //! bare linear `classifier`.
+//!
+//! Init (mdistiller `mdistiller/models/cifar/vgg.py` `_initialize_weights`, RepDistiller
+//! `models/vgg.py`): convs `normal_(0, sqrt(2 / (k·k·out)))` (= Kaiming-normal fan-out) with the
+//! bias zeroed, BN 1/0, `classifier` `normal_(0, 0.01)` with the bias zeroed.
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv_init};
+use super::init::{self, Bias, Geom, Rule, Weight};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn};
+
+const CONV: Rule = Rule { weight: Weight::KaimingNormalFanOut, bias: Bias::Zeros };
+/// The classifier rule VGG shares with MobileNetV2: N(0, 0.01), bias 0.
+pub(super) const CLASSIFIER: Rule = Rule { weight: Weight::Normal(0.01), bias: Bias::Zeros };
 
 const CIFAR: Input = Input::Native(3, 32, 32);
 const S: &[&[i64]] = &[&[64], &[128], &[256], &[512], &[512]];
@@ -35,14 +44,14 @@ impl Vgg {
             let bp = p / format!("block{b}");
             let mut layers = Vec::new();
             for (i, &w) in widths.iter().enumerate() {
-                let cv = nn::conv2d(&bp / (3 * i), cin, w, 3, nn::ConvConfig { padding: 1, ws_init: conv_init(), ..Default::default() });
+                let cv = init::conv(&bp / (3 * i), cin, w, Geom::new(3, 1, 1), CONV);
                 layers.push((cv, bn(&bp / (3 * i + 1), w)));
                 cin = w;
             }
             blocks.push(layers);
         }
         // 512 for every shipped configuration; a width plan may end narrower.
-        Vgg { blocks, classifier: nn::linear(p / "classifier", cin, c.num_classes, Default::default()) }
+        Vgg { blocks, classifier: init::linear(p / "classifier", cin, c.num_classes, CLASSIFIER) }
     }
 }
 

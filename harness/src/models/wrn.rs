@@ -4,10 +4,18 @@
 //! pre-activation taps are, as its `preact=True`, those sums through the BN that follows them
 //! (`block2.layer.0.bn1`, `block3.layer.0.bn1`, final `bn1`), taken from the forward itself so
 //! BN statistics are updated once.
+//!
+//! Init (mdistiller `mdistiller/models/cifar/wrn.py` 97–105, RepDistiller `models/wrn.py`): convs
+//! `normal_(0, sqrt(2 / (k·k·out)))` (= Kaiming-normal fan-out), BN 1/0, `fc` weight left to
+//! PyTorch's `nn.Linear` default but its **bias zeroed**.
 
 use tch::{Tensor, nn, nn::Module};
 
-use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, conv, global_pool};
+use super::init::{self, Bias, Rule, Weight, kaiming_conv as conv};
+use super::{Input, Model, ModelCfg, ModelEntry, Output, bn, global_pool};
+
+/// `fc`: PyTorch's default weight, `m.bias.data.zero_()`.
+const FC: Rule = Rule { weight: Weight::PytorchDefault, bias: Bias::Zeros };
 
 const CIFAR: Input = Input::Native(3, 32, 32);
 
@@ -72,7 +80,7 @@ impl Wrn {
             conv1: conv(p / "conv1", c.in_channels, 16, 3, 1, 1),
             blocks,
             bn1: bn(p / "bn1", w[3]),
-            fc: nn::linear(p / "fc", w[3], c.num_classes, Default::default()),
+            fc: init::linear(p / "fc", w[3], c.num_classes, FC),
         }
     }
 
