@@ -362,6 +362,6 @@ fn sokd_trains_a_knowledge_bridge_from_the_frozen_teacher() {
     let bad = body.replace("model = \"resnet8\"\ntrain", "model = \"vgg8\"\ntrain");
     std::fs::write(dir.path().join("b.toml"), bad.replace("name = \"s\"", "name = \"b\"")).unwrap();
     let o = harness(&["run", "b.toml", "--data-dir", "synth", "--results", "r", "--devices", "cpu"], dir.path());
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("no knowledge bridge"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "bad input, refused before anything trains: {}", text(&o));
+    assert!(text(&o).contains("has no such stage"), "{}", text(&o));
 }

@@ -106,11 +106,11 @@ fn released_suite_points_at_the_converted_teachers() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("teachers/mdistiller/") && text(&o).contains("checkpoint"), "{}", text(&o));
 
-    // With the six files there (any bytes: plan hashes them), the table plans: 11 pairs × 5
-    // methods × 5 seeds, no teacher runs, the 45 ce students shared by pairs with one student.
-    std::fs::create_dir_all(d.join("teachers/mdistiller")).unwrap();
+    // With the six files there (fresh weights of each model: plan validates them completely),
+    // the table plans: 11 pairs × 5 methods × 5 seeds, no teacher runs, the 45 ce students shared
+    // by pairs with one student.
     for t in ["resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "ResNet50"] {
-        std::fs::write(d.join(format!("teachers/mdistiller/{t}.safetensors")), t).unwrap();
+        common::write_checkpoint(t, 100, &d.join(format!("teachers/mdistiller/{t}.safetensors")));
     }
     let o = plan();
     assert!(o.status.success() && text(&o).contains("265 runs = 0 teachers + 265 students"), "{}", text(&o));

@@ -77,3 +77,13 @@ pub fn ids(dir: &Path, suite: &str) -> Vec<(String, String, String)> {
         })
         .collect()
 }
+
+/// Writes a freshly initialised `model` (3-channel input, `classes` outputs) as a checkpoint the
+/// harness loads strictly: a stand-in for a released teacher in suites that name one.
+pub fn write_checkpoint(model: &str, classes: i64, path: &Path) {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let entry = harness::models::find(model).unwrap_or_else(|| panic!("unknown model {model}"));
+    let _m = (entry.build)(&vs.root(), harness::models::ModelCfg { in_channels: 3, num_classes: classes });
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    harness::models::checkpoint::save_atomic(&vs, path).unwrap();
+}
