@@ -195,3 +195,48 @@ fn model_files_build_layers_only_through_the_init_helpers() {
     assert!(files >= 10, "read {files} model files");
     assert!(found.is_empty(), "layers built outside models::init:\n{}", found.join("\n"));
 }
+
+/// The methods' own modules follow the official code's init too: CRD's embeddings
+/// (RepDistiller `crd/criterion.py` `Embed`: `nn.Linear`) and FitNet's regressor (`models/util.py`
+/// `ConvReg`: `nn.Conv2d`) are left to PyTorch's default, U(±1/√fan_in) for weight and bias.
+#[test]
+fn method_modules_take_pytorch_default_init() {
+    use harness::distill;
+    use harness::models::{self, ModelCfg};
+    tch::manual_seed(0);
+    let cfg = ModelCfg { in_channels: 3, num_classes: 100 };
+    let net = |name: &str| {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let m = (models::find(name).unwrap().build)(&vs.root(), cfg);
+        (vs, m)
+    };
+    let (_svs, s) = net("resnet8x4");
+    let (_tvs, t) = net("resnet32x4");
+    let x = tch::Tensor::randn([2, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let (so, to) = tch::no_grad(|| (s.forward(&x, false), t.forward(&x, false)));
+    for method in ["crd", "fitnet"] {
+        let info = distill::find(method).unwrap();
+        let mut d = info.instantiate(&info.defaults()).unwrap();
+        d.set_train_labels(&tch::Tensor::arange(100, (tch::Kind::Int64, tch::Device::Cpu)));
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        d.init_modules(&vs.root(), &so, std::slice::from_ref(&to)).unwrap();
+        let mut checked = 0;
+        for (name, w) in vs.variables() {
+            let is_weight = name.ends_with(".weight") && w.dim() >= 2;
+            if !is_weight || name.contains("bn") {
+                continue;
+            }
+            let fan_in = w.size()[1..].iter().product::<i64>() as f64;
+            let bound = 1.0 / fan_in.sqrt();
+            let max = w.abs().max().double_value(&[]);
+            let std = w.std(true).double_value(&[]);
+            assert!(max <= bound * 1.0001, "{method} {name}: max |w| {max} > 1/sqrt(fan_in) = {bound}");
+            assert!((std / (bound / 3f64.sqrt()) - 1.0).abs() < 0.05, "{method} {name}: std {std}, U(±{bound}) has {}", bound / 3f64.sqrt());
+            let b = name.replace(".weight", ".bias");
+            let bias = vs.variables().get(&b).map(|b| b.abs().max().double_value(&[])).unwrap_or_else(|| panic!("{method} {b}: no bias"));
+            assert!(bias <= bound * 1.0001 && bias > 0.0, "{method} {b}: max |b| {bias}, expected U(±{bound})");
+            checked += 1;
+        }
+        assert!(checked >= 1, "{method}: no module weight found in {:?}", vs.variables().keys().collect::<Vec<_>>());
+    }
+}
