@@ -449,7 +449,7 @@ fn exec_locked(run: &RunDir, spec: &crate::suite::RunSpec, data_dir: &Path, devi
         );
     }
     let teachers = spec.teachers.iter().map(|t| crate::train::load_teacher(t, run, &data, device)).collect::<anyhow::Result<Vec<_>>>()?;
-    let mut env = serde_json::to_value(crate::env::Provenance::collect(device))?;
+    let mut env = serde_json::to_value(crate::env::Provenance::for_run(device, spec.train.precision))?;
     env["dataset"] = serde_json::json!({"name": spec.dataset.name, "fingerprint": data.fingerprint, "source": data.source});
     let checkpoints: Vec<serde_json::Value> = spec
         .teachers

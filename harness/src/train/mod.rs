@@ -10,6 +10,7 @@
 //! pair); a restarted run continues after the last completed epoch with identical results.
 
 pub mod bench;
+pub mod precision;
 pub mod prune;
 pub mod sgd;
 
@@ -215,6 +216,9 @@ struct ResumeState {
     elapsed: f64,
     #[serde(default)]
     peers_best: Vec<f64>,
+    /// fp16's loss scale and counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scaler: Option<precision::LossScaler>,
 }
 
 fn fin(x: f64) -> Option<f64> {
@@ -393,6 +397,8 @@ pub fn train(
         }
     }
     let mut opt = optimiser(&net, &aux, &peers, peer_scale, r);
+    let amp = precision::Amp::new(device, r.precision)?;
+    let mut scaler = amp.scaler();
     let peer_groups: Vec<usize> = (2..2 + peers.len()).collect();
 
     // The teachers' test predictions are fixed: compute them once for agreement / predictive KL
@@ -446,6 +452,7 @@ pub fn train(
             images = st.images;
             elapsed_before = st.elapsed;
             peers_best = st.peers_best;
+            scaler = st.scaler.or(scaler);
         }
         Ok(None) => {}
         Err(e) => {
@@ -475,6 +482,7 @@ pub fn train(
         let mut total_sum = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut seen = 0i64;
+        let skipped_before = scaler.as_ref().map_or(0, |s| s.skipped);
         let batches =
             if group > 0 { data.train_batches_grouped(r.batch_size as i64, group, r.augment) } else { data.train_batches(r.batch_size as i64, r.augment) };
         for batch in batches {
@@ -488,9 +496,10 @@ pub fn train(
                 }
                 None => (x, y, None),
             };
-            let t_out: Vec<crate::models::Output> = teachers.iter().map(|t| tch::no_grad(|| t.net.model.forward(&x, teacher_train))).collect();
-            let s_out = net.model.forward(&x, true);
-            let p_out: Vec<crate::models::Output> = peers.iter().map(|p| p.model.forward(&x, true)).collect();
+            let t_out: Vec<crate::models::Output> =
+                teachers.iter().map(|t| tch::no_grad(|| amp.forward(t.net.model.as_ref(), &x, teacher_train))).collect::<anyhow::Result<_>>()?;
+            let s_out = amp.forward(net.model.as_ref(), &x, true)?;
+            let p_out: Vec<crate::models::Output> = peers.iter().map(|p| amp.forward(p.model.as_ref(), &x, true)).collect::<anyhow::Result<_>>()?;
             let votes = match dense {
                 Some(up) => Some(dense_argmax(net.model.as_ref(), &s_out, up)?),
                 None => None,
@@ -518,7 +527,12 @@ pub fn train(
             for g in &peer_groups {
                 opt.set_active(*g, step_peers);
             }
-            opt.backward_step(&total);
+            match scaler.as_mut() {
+                Some(s) => {
+                    s.backward_step(&mut opt, &total);
+                }
+                None => opt.backward_step(&total),
+            }
             if let Some(m) = &masks {
                 opt.apply_masks(m);
             }
@@ -580,6 +594,9 @@ pub fn train(
             );
             header.extend((0..peers.len()).map(|k| format!("peer{k}_top1")));
             header.extend(stats.iter().map(|(n, _)| n.to_string()));
+            if scaler.is_some() {
+                header.push("skipped_steps".into());
+            }
         }
         let mut row = vec![epoch.to_string(), format!("{lr}"), format!("{train_loss}")];
         row.extend(term_means.iter().map(|v| format!("{v}")));
@@ -598,6 +615,9 @@ pub fn train(
         ]);
         row.extend(peer_top1.iter().map(|v| format!("{v}")));
         row.extend(stats.iter().map(|(_, v)| format!("{v}")));
+        if let Some(s) = &scaler {
+            row.push((s.skipped - skipped_before).to_string());
+        }
         rows.push(row);
         write_csv(run, &header, &rows)?;
         if epoch < r.epochs {
@@ -616,6 +636,7 @@ pub fn train(
                 images,
                 elapsed: elapsed_before + start.elapsed().as_secs_f64(),
                 peers_best: peers_best.clone(),
+                scaler: scaler.clone(),
             };
             save_resume(run, &stores(&net, &aux, &peers, moving), &opt, &st)?;
         }
