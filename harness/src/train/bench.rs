@@ -275,7 +275,7 @@ pub fn harness_images_per_s(o: &BenchOpts, data: &Dataset, with_data: bool) -> a
             let total = terms.iter().map(|(_, t)| t.shallow_clone()).reduce(|a, b| a + b).context("kd returned no terms")?;
             match l.scaler.as_mut() {
                 Some(sc) => {
-                    sc.backward_step(&mut l.opt, &total);
+                    sc.backward_step(&mut l.opt, &total)?;
                 }
                 None => l.opt.backward_step(&total),
             }

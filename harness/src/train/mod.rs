@@ -529,7 +529,7 @@ pub fn train(
             }
             match scaler.as_mut() {
                 Some(s) => {
-                    s.backward_step(&mut opt, &total);
+                    s.backward_step(&mut opt, &total)?;
                 }
                 None => opt.backward_step(&total),
             }

@@ -254,15 +254,15 @@ impl Default for LossScaler {
 impl LossScaler {
     /// Backpropagates `loss · scale`, unscales the gradients and steps `opt` unless one of them
     /// is non-finite; returns whether the step was taken. One host sync per step (as GradScaler).
-    pub fn backward_step(&mut self, opt: &mut Sgd, loss: &Tensor) -> bool {
+    pub fn backward_step(&mut self, opt: &mut Sgd, loss: &Tensor) -> anyhow::Result<bool> {
         opt.zero_grad();
-        (loss * self.scale).backward();
+        (loss * self.scale).f_backward()?;
         let finite = self.unscale(&opt.grads());
         if finite {
             opt.step();
         }
         self.update(finite);
-        finite
+        Ok(finite)
     }
 
     /// Divides the gradients by the scale in place; whether all of them are finite.
@@ -321,11 +321,11 @@ mod tests {
     fn a_planted_inf_gradient_skips_the_step_and_halves_the_scale() {
         let (_vs, p, mut opt) = one_param();
         let mut s = LossScaler { interval: 3, ..LossScaler::default() };
-        let took = s.backward_step(&mut opt, &(&p * f64::INFINITY).sum(Kind::Float));
+        let took = s.backward_step(&mut opt, &(&p * f64::INFINITY).sum(Kind::Float)).unwrap();
         assert!(!took);
         assert_eq!((s.scale, s.skipped, s.good_steps), (32768.0, 1, 0));
         assert_eq!(p.double_value(&[0]), 1.0, "a skipped step must not move the parameter");
-        let took = s.backward_step(&mut opt, &(&p * f64::NAN).sum(Kind::Float));
+        let took = s.backward_step(&mut opt, &(&p * f64::NAN).sum(Kind::Float)).unwrap();
         assert!(!took);
         assert_eq!((s.scale, s.skipped), (16384.0, 2));
     }
@@ -334,9 +334,9 @@ mod tests {
     fn good_steps_are_unscaled_and_the_scale_grows_back_after_the_interval() {
         let (_vs, p, mut opt) = one_param();
         let mut s = LossScaler { interval: 3, ..LossScaler::default() };
-        assert!(!s.backward_step(&mut opt, &(&p * f64::INFINITY).sum(Kind::Float)));
+        assert!(!s.backward_step(&mut opt, &(&p * f64::INFINITY).sum(Kind::Float)).unwrap());
         for k in 1..=3 {
-            assert!(s.backward_step(&mut opt, &(&p * 2.0).sum(Kind::Float)));
+            assert!(s.backward_step(&mut opt, &(&p * 2.0).sum(Kind::Float)).unwrap());
             // The unscaled gradient is 2: p = 1 − 0.1·2·k.
             assert!((p.double_value(&[0]) - (1.0 - 0.2 * k as f64)).abs() < 1e-6, "step {k}: p = {}", p.double_value(&[0]));
             let want = if k < 3 { 32768.0 } else { 65536.0 };
