@@ -301,6 +301,12 @@ pub struct BenchArgs {
     /// Synthetic CIFAR-100 training images to draw batches from.
     #[arg(long, default_value_t = 2560)]
     pub images: i64,
+    /// Students sharing each teacher forward on the harness side (images/s are per student).
+    #[arg(long, default_value_t = 1)]
+    pub cohort: i64,
+    /// Harness side's precision: fp32, bf16 or fp16 (autocast forward passes, fp32 losses and SGD).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     #[arg(long)]
     pub json: bool,
 }
@@ -633,7 +639,7 @@ fn baseline_cmd(a: BaselineArgs) -> anyhow::Result<i32> {
 }
 
 fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
-    for (flag, v) in [("--batch", a.batch), ("--images", a.images), ("--steps", a.steps as i64), ("--rounds", a.rounds as i64)] {
+    for (flag, v) in [("--batch", a.batch), ("--images", a.images), ("--steps", a.steps as i64), ("--rounds", a.rounds as i64), ("--cohort", a.cohort)] {
         if v < 1 {
             crate::input_bail!("{flag}: expected an integer >= 1, found {v}");
         }
@@ -646,7 +652,12 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
             crate::input_bail!("unknown model `{m}`; allowed: {}", models::names().join(", "));
         }
     }
+    let precision = match train::precision::Precision::parse(&a.precision) {
+        Ok(p) => p,
+        Err(e) => crate::input_bail!("--precision: {e}"),
+    };
     let device = env::parse_device(&a.device)?;
+    train::precision::check_device(precision, device)?;
     let python = if a.no_reference {
         None
     } else {
@@ -677,6 +688,8 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
             threads,
             ref_workers: a.ref_workers,
             channels_last: !a.nchw && env::channels_last(),
+            cohort: a.cohort as usize,
+            precision,
             device,
             python,
         };

@@ -17,6 +17,9 @@ pub struct Provenance {
     /// Convolutions ran channels-last (`KD_HARNESS_CHANNELS_LAST`, default on). Like the thread
     /// count it changes float summation order, not the computation, so it is not part of run ids.
     pub channels_last: bool,
+    /// The run's `train.precision` (fp32 for every run planned without it): forward passes
+    /// under autocast in that dtype; losses and the optimiser in fp32.
+    pub precision: crate::train::precision::Precision,
 }
 
 /// Whether training runs convolutions channels-last: on unless `KD_HARNESS_CHANNELS_LAST=0`.
@@ -132,6 +135,12 @@ impl Provenance {
             threads: tch::get_num_threads(),
             hostname: crate::store::hostname(),
             channels_last: channels_last(),
+            precision: crate::train::precision::Precision::Fp32,
         }
+    }
+
+    /// The same, for a run in `precision`.
+    pub fn for_run(device: Device, precision: crate::train::precision::Precision) -> Provenance {
+        Provenance { precision, ..Provenance::collect(device) }
     }
 }

@@ -4,8 +4,14 @@ it: a `torch.utils.data.DataLoader` over uint8 CIFAR arrays with the standard tr
 not installed), teacher forward under no_grad in eval mode, student forward/backward, mdistiller's
 KD loss (0.1·CE + 0.9·τ²·KL, τ = 4), SGD(0.05, momentum 0.9, wd 5e-4).
 
+Variants: `--layout nchw --amp none` is mdistiller's eager fp32 run; `--layout cl` puts weights and
+inputs channels-last, `--amp bf16|fp16` runs both forward passes under
+`torch.autocast(device, dtype)` with the logits cast to fp32 for the loss (fp16 with
+`torch.amp.GradScaler`), the fastest single run PyTorch offers without compiling.
+
 usage: bench_kd.py --data DIR --teacher T --student S --batch B --steps N --warmup W
                    --mode step|data --threads K [--workers W] [--device cpu|cuda] [--flops]
+                   [--layout nchw|cl] [--amp none|bf16|fp16]
 Prints one JSON line: images_per_s (and FLOPs per image with --flops).
 """
 import argparse
@@ -57,6 +63,8 @@ def main():
     ap = argparse.ArgumentParser()
     for k in ("data", "teacher", "student", "mode", "device"):
         ap.add_argument("--" + k, default="cpu" if k == "device" else None)
+    ap.add_argument("--layout", choices=("nchw", "cl"), default="nchw")
+    ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     for k in ("batch", "steps", "warmup", "threads", "workers"):
         ap.add_argument("--" + k, type=int, default=0)
     ap.add_argument("--flops", action="store_true")
@@ -64,19 +72,32 @@ def main():
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as mdistiller's train.py
     torch.manual_seed(0)
-    teacher = models.build(a.teacher).to(dev).eval()
-    student = models.build(a.student).to(dev).train()
+    fmt = torch.channels_last if a.layout == "cl" else torch.contiguous_format
+    teacher = models.build(a.teacher).to(dev, memory_format=fmt).eval()
+    student = models.build(a.student).to(dev, memory_format=fmt).train()
     opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x, y = read_cifar100_binary(a.data)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[a.amp]
+    scaler = torch.amp.GradScaler(dev.type) if a.amp == "fp16" else None
 
     def step(xb, yb):
-        with torch.no_grad():
-            t = teacher(xb)[0]
-        loss = kd_loss(student(xb)[0], t, yb)
+        xb = xb.contiguous(memory_format=fmt)
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            with torch.no_grad():
+                t = teacher(xb)[0]
+            s = student(xb)[0]
+        loss = kd_loss(s.float(), t.float(), yb)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
     out = {}
     if a.flops:

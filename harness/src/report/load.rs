@@ -248,6 +248,8 @@ pub fn flatten(spec: &RunSpec) -> BTreeMap<String, Cell> {
             m.insert(format!("train.{k}"), c);
         }
     }
+    // Left out of the serialised recipe when fp32 (to keep ids); a column for every run.
+    m.insert("train.precision".into(), Cell::S(spec.train.precision.as_str().into()));
     if let Some(p) = &spec.prune {
         m.insert("prune.method".into(), Cell::S(p.method.clone()));
         m.insert("prune.target".into(), Cell::F(p.target));

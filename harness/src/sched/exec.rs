@@ -125,7 +125,7 @@ fn exec_locked(members: &[crate::train::Member], data_dir: &Path, device: tch::D
 /// `env.json`: where and with what a run trained (provenance), including its cohort.
 fn write_env(m: &crate::train::Member, data: &crate::data::Dataset, device: tch::Device) -> anyhow::Result<()> {
     let spec = &m.spec;
-    let mut env = serde_json::to_value(crate::env::Provenance::collect(device))?;
+    let mut env = serde_json::to_value(crate::env::Provenance::for_run(device, spec.train.precision))?;
     // How to read metrics.csv (a CSV file has no place for a version of its own).
     env["results_schema"] = crate::store::SCHEMA.into();
     env["dataset"] = serde_json::json!({"name": spec.dataset.name, "fingerprint": data.fingerprint, "source": data.source});

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::train::precision::{PRECISIONS, Precision};
+
 /// The training recipe: optimiser and schedule. Epochs are 1-based; the lr for epoch `e` is
 /// `lr · gamma^(#milestones < e)` (mdistiller/RepDistiller: epoch 151 is the first at 0.1× for 150).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -27,6 +29,10 @@ pub struct Recipe {
     /// Partial mixup: fraction of ⌊p·N⌋ indices (drawn with replacement) left unmixed; 0 = full mixup.
     #[serde(default)]
     pub mixup_partial: f64,
+    /// Arithmetic of the forward passes (`crate::train::precision`); absent from the id and
+    /// config when fp32, so runs planned before the option keep their ids.
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 impl Default for Recipe {
@@ -45,6 +51,7 @@ impl Default for Recipe {
             label_smoothing: 0.0,
             mixup_alpha: 0.0,
             mixup_partial: 0.0,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -63,6 +70,7 @@ pub const RECIPE_KEYS: &[&str] = &[
     "label_smoothing",
     "mixup_alpha",
     "mixup_partial",
+    "precision",
 ];
 
 impl Recipe {
@@ -115,6 +123,10 @@ impl Recipe {
                 self.mixup_alpha = a
             }
             "mixup_partial" => self.mixup_partial = unit(v)?,
+            "precision" => {
+                let s = v.as_str().ok_or_else(|| format!("expected one of {}, found {}", PRECISIONS.join(", "), super::source::type_name(v)))?;
+                self.precision = Precision::parse(s)?
+            }
             other => return Err(super::source::unknown("recipe key", other, RECIPE_KEYS)),
         }
         Ok(())

@@ -42,6 +42,8 @@ pub fn cohort_key(spec: &RunSpec) -> Option<String> {
         "batch_size": r.batch_size,
         "epochs": r.epochs,
         "augment": r.augment,
+        // The teachers' shared pass runs in the members' precision.
+        "precision": r.precision,
     });
     Some(key.to_string())
 }
@@ -67,6 +69,7 @@ struct Stream {
     mixup: Option<crate::data::Mixup>,
     group: usize,
     teacher_train: bool,
+    precision: super::precision::Precision,
 }
 
 impl Stream {
@@ -80,6 +83,7 @@ impl Stream {
             mixup: l.caps.mixup.clone(),
             group: l.caps.group,
             teacher_train: l.caps.teacher_train,
+            precision: r.precision,
         }
     }
 }
@@ -236,6 +240,7 @@ fn epoch_steps(s: &mut Slots, stream: &Stream, epoch: u32, data: &Dataset, devic
         m => data.train_batches_grouped(stream.batch_size, m, stream.augment, seed),
     };
     let channels_last = crate::env::channels_last();
+    let amp = super::precision::Amp::new(device, stream.precision)?;
     for (index, batch) in batches.enumerate() {
         let t0 = Instant::now();
         let (x, y, idx) = batch?;
@@ -248,7 +253,8 @@ fn epoch_steps(s: &mut Slots, stream: &Stream, epoch: u32, data: &Dataset, devic
             }
             None => (x, y, None),
         };
-        let t_out: Vec<models::Output> = teachers.iter().map(|t| tch::no_grad(|| t.net.model.forward(&x, stream.teacher_train))).collect();
+        let t_out: Vec<models::Output> =
+            teachers.iter().map(|t| tch::no_grad(|| amp.forward(t.net.model.as_ref(), &x, stream.teacher_train))).collect::<anyhow::Result<_>>()?;
         let live = s.active(epoch);
         let shared = t0.elapsed().as_secs_f64() / live.len().max(1) as f64;
         for i in live {

@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use super::record::{EpochResult, EpochSums, History, images_per_s, pct};
 use super::resume::{self, Loaded, ResumeState, Stores};
+use super::precision::{Amp, LossScaler};
 use super::{Net, Progress, Teacher, build, build_widths, dense_argmax, evaluate, prune, sgd, stream_seed, test_logits, widths_from_pruned};
 use crate::data::{Dataset, Mixup, site_seed};
 use crate::distill::{self, Distiller, Step, metrics};
@@ -99,6 +100,12 @@ pub struct Learner {
     started: Instant,
     /// Per-step trace for the parity test (`KD_HARNESS_TRACE`), else `None`.
     trace: Option<super::trace::Trace>,
+    /// Autocast around the forward passes (`train.precision`); fp32 outputs for the losses.
+    amp: Amp,
+    /// fp16's dynamic loss scaling (`None` in fp32/bf16).
+    scaler: Option<LossScaler>,
+    /// Steps the scaler had skipped when the epoch began.
+    skipped_before: u64,
 }
 
 impl Learner {
@@ -131,6 +138,8 @@ impl Learner {
         }
         let param_count = models::param_count(&net.vs);
         let opt = optimiser(&net, &aux, &peers, caps.peer_scale, &spec.train);
+        let amp = Amp::new(device, spec.train.precision)?;
+        let scaler = amp.scaler();
         let mut l = Learner {
             spec: spec.clone(),
             run: run.clone(),
@@ -151,6 +160,9 @@ impl Learner {
             peers_last: vec![],
             started,
             trace: None,
+            amp,
+            scaler,
+            skipped_before: 0,
         };
         l.resume(teachers)?;
         let moving = if l.caps.teacher_train { teachers } else { &[] };
@@ -168,6 +180,7 @@ impl Learner {
                 writeln!(self.log, "resuming run {} after epoch {}", self.spec.id, st.epoch)?;
                 self.first_epoch = st.epoch + 1;
                 self.history = st.history;
+                self.scaler = st.scaler.or(self.scaler.take());
             }
             Loaded::None => {}
             Loaded::Unusable(e) => {
@@ -181,6 +194,7 @@ impl Learner {
     /// Start of an epoch: the learning rate of the schedule, fresh sums.
     pub fn begin_epoch(&mut self, epoch: u32, device: Device) {
         self.opt.lr = self.spec.train.lr_at(epoch);
+        self.skipped_before = self.scaler.as_ref().map_or(0, |s| s.skipped);
         self.sums = Some(EpochSums::new(device));
     }
 
@@ -190,8 +204,8 @@ impl Learner {
         let t0 = Instant::now();
         // The method's own randomness (CRD's negatives, ...) from the run's method stream.
         tch::manual_seed(site_seed(stream_seed(self.spec.seed, "method", epoch), b.index));
-        let s_out = self.net.model.forward(b.x, true);
-        let p_out: Vec<Output> = self.peers.iter().map(|p| p.model.forward(b.x, true)).collect();
+        let s_out = self.amp.forward(self.net.model.as_ref(), b.x, true)?;
+        let p_out: Vec<Output> = self.peers.iter().map(|p| self.amp.forward(p.model.as_ref(), b.x, true)).collect::<anyhow::Result<_>>()?;
         let votes = match self.caps.dense {
             Some(up) => Some(dense_argmax(self.net.model.as_ref(), &s_out, up)?),
             None => None,
@@ -213,7 +227,12 @@ impl Learner {
         for g in 2..2 + self.peers.len() {
             self.opt.set_active(g, step_peers);
         }
-        self.opt.backward_step(&total)?;
+        match self.scaler.as_mut() {
+            Some(sc) => {
+                sc.backward_step(&mut self.opt, &total)?;
+            }
+            None => self.opt.backward_step(&total)?,
+        }
         if let Some(m) = &self.masks {
             self.opt.apply_masks(m)?;
         }
@@ -273,12 +292,13 @@ impl Learner {
             seen: sums.seen,
             peer_top1: &self.peers_last,
             stats: &stats,
+            skipped_steps: self.scaler.as_ref().map(|s| s.skipped - self.skipped_before),
         });
         self.history.write_csv(&self.run)?;
         if epoch < epochs {
             let mut history = self.history.clone();
             history.elapsed += self.started.elapsed().as_secs_f64();
-            let st = ResumeState { id: self.spec.id.clone(), epoch, file: format!("resume-e{epoch}.safetensors"), history };
+            let st = ResumeState { id: self.spec.id.clone(), epoch, file: format!("resume-e{epoch}.safetensors"), history, scaler: self.scaler.clone() };
             let moving = if self.caps.teacher_train { teachers } else { &[] };
             resume::save(&self.run, &stores_of(&self.net, &self.aux, &self.peers, moving), &self.opt, &st)?;
         }

@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod cohort;
 pub mod learner;
+pub mod precision;
 pub mod prune;
 pub mod record;
 pub mod resume;

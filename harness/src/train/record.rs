@@ -89,6 +89,8 @@ pub struct EpochResult<'a> {
     pub seen: i64,
     pub peer_top1: &'a [f64],
     pub stats: &'a [(&'static str, f64)],
+    /// fp16: optimiser steps skipped for non-finite gradients this epoch.
+    pub skipped_steps: Option<u64>,
 }
 
 impl History {
@@ -133,6 +135,9 @@ impl History {
             );
             self.header.extend((0..e.peer_top1.len()).map(|k| format!("peer{k}_top1")));
             self.header.extend(e.stats.iter().map(|(n, _)| n.to_string()));
+            if e.skipped_steps.is_some() {
+                self.header.push("skipped_steps".into());
+            }
         }
         // Accuracies and ECE in percent in the file (results schema 2), fractions in memory.
         let opt = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
@@ -151,6 +156,7 @@ impl History {
         ]);
         row.extend(e.peer_top1.iter().map(|v| format!("{}", pct(*v))));
         row.extend(e.stats.iter().map(|(_, v)| format!("{v}")));
+        row.extend(e.skipped_steps.map(|k| k.to_string()));
         self.rows.push(row);
     }
 

@@ -25,6 +25,9 @@ pub struct ResumeState {
     pub file: String,
     #[serde(flatten)]
     pub history: History,
+    /// fp16's loss scale and counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaler: Option<super::precision::LossScaler>,
 }
 
 /// Path of the resume state in a run directory.

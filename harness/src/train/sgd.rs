@@ -52,6 +52,12 @@ impl Sgd {
         }
     }
 
+    /// The defined gradients of the active groups (what [`Sgd::step`] would apply); shallow
+    /// clones, so in-place changes (loss-scale unscaling) reach the parameters' gradients.
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().filter(|(_, _, g)| self.active[*g]).map(|(_, p, _)| p.grad()).filter(|g| g.defined()).collect()
+    }
+
     /// Backpropagates `loss` and applies one update to the active groups.
     pub fn backward_step(&mut self, loss: &Tensor) -> anyhow::Result<()> {
         self.zero_grad();
