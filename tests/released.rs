@@ -92,7 +92,8 @@ fn released_teachers_convert_load_strictly_and_evaluate() {
     assert!(o.status.code() == Some(2) && text(&o).contains("is not a 100-class resnet56"), "{}", text(&o));
 }
 
-/// The suite names the converted files; without them `plan` stops with exit 2 naming the file.
+/// The suite names the converted files; without them `plan` waits for them (exit 0) and `run`
+/// stops with exit 2 naming the file.
 #[test]
 fn released_suite_points_at_the_converted_teachers() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +103,13 @@ fn released_suite_points_at_the_converted_teachers() {
     std::fs::copy(repo("suites/cifar100_released.toml"), &suite).unwrap();
     let data = repo("tests/fixtures");
     let plan = || harness(&["plan", suite.to_str().unwrap(), "--data-dir", data.to_str().unwrap()], d);
+    // Without them `plan` shows the table anyway (provisional ids) and says how to get them;
+    // `run` refuses (exit 2) naming the file.
     let o = plan();
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("waiting for teacher `resnet56`") && t.contains("convert_released_teachers.sh"), "{t}");
+    assert!(t.contains("265 runs") && t.contains("no teacher"), "{t}");
+    let o = harness(&["run", suite.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--results", "r", "--dry-run"], d);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("teachers/mdistiller/") && text(&o).contains("checkpoint"), "{}", text(&o));
 

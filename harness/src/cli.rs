@@ -458,7 +458,11 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
 /// Loads a suite and its dataset fingerprint, and expands the plan; an absent dataset is an
 /// input error that says how to get it.
 fn load_plan(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Suite, Plan, PathBuf)> {
-    let suite = Suite::load(suite_path)?;
+    plan_of(Suite::load(suite_path)?, data_flag)
+}
+
+/// [`load_plan`] for a suite already read.
+fn plan_of(suite: Suite, data_flag: Option<&Path>) -> anyhow::Result<(Suite, Plan, PathBuf)> {
     let dir = data::resolve_dir(data_flag, suite.data_dir.as_deref());
     match (data_flag, &suite.data_dir) {
         (Some(_), _) => data::check_explicit_dir(&suite.dataset, &dir, "--data-dir", false)?,
@@ -480,14 +484,15 @@ const NO_DATA_FINGERPRINT: &str = "waiting-for-data";
 /// [`load_plan`] for `harness plan`: when the dataset is absent (not merely broken) the plan is
 /// expanded with a placeholder fingerprint and the missing data is returned for the caller to show.
 fn load_plan_waiting(suite_path: &Path, data_flag: Option<&Path>) -> anyhow::Result<(Suite, Plan, Option<data::availability::Missing>)> {
-    let suite = Suite::load(suite_path)?;
+    let mut suite = Suite::load(suite_path)?;
+    suite.allow_missing_checkpoints = true;
     let dir = data::resolve_dir(data_flag, suite.data_dir.as_deref());
     match data::availability::missing(&suite.dataset, &dir) {
         Some(m) => {
             let plan = suite.expand(&DataRef { name: suite.dataset.clone(), fingerprint: NO_DATA_FINGERPRINT.into() })?;
             Ok((suite, plan, Some(m)))
         }
-        None => load_plan(suite_path, data_flag).map(|(s, p, _)| (s, p, None)),
+        None => plan_of(suite, data_flag).map(|(s, p, _)| (s, p, None)),
     }
 }
 
@@ -501,8 +506,9 @@ fn check_checkpoints(suite: &Suite, plan: &Plan) -> anyhow::Result<()> {
     for r in &plan.runs {
         let parent = r.spec.prune.as_ref().map(|p| &p.parent);
         for t in r.spec.teachers.iter().chain(parent) {
-            if let crate::suite::TeacherRef::Checkpoint { path, model, .. } = t {
-                if seen.insert((path.clone(), model.clone())) {
+            if let crate::suite::TeacherRef::Checkpoint { path, model, hash } = t {
+                // A checkpoint `plan` is still waiting for has nothing to validate yet.
+                if hash != crate::suite::MISSING_CHECKPOINT && seen.insert((path.clone(), model.clone())) {
                     models::checkpoint::validate(Path::new(path), model, cfg).map_err(|e| suite.checkpoint_error(path, e))?;
                 }
             }
@@ -712,6 +718,7 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
 
 fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
     let (suite, plan, waiting) = load_plan_waiting(&a.suite, a.data.data_dir.as_deref())?;
+    let missing = suite.missing_checkpoints();
     check_checkpoints(&suite, &plan)?;
     println!(
         "suite {} ({}): {} runs = {} teachers + {} students, from {} grid points",
@@ -727,6 +734,16 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
         println!("  to get it: {}", m.how);
         println!("  ids marked ~ are provisional: a run id includes the data's fingerprint, known once the data is there");
     }
+    for (name, path) in &missing {
+        println!("waiting for teacher `{name}`: checkpoint {} does not exist yet", path.display());
+    }
+    if !missing.is_empty() {
+        println!("  to get mdistiller's released CIFAR-100 teachers: scripts/convert_released_teachers.sh cifar_teachers.tar (see README, Released teachers)");
+        println!("  ids marked ~ are provisional: a student's id includes its teacher checkpoint's hash");
+    }
+    let provisional = |s: &crate::suite::RunSpec| {
+        waiting.is_some() || s.teachers.iter().any(|t| matches!(t, crate::suite::TeacherRef::Checkpoint { hash, .. } if hash == crate::suite::MISSING_CHECKPOINT))
+    };
     // Columns as wide as the longest name (`mobilenetv2_tinyimagenet`), at least 12.
     let mw = plan.runs.iter().map(|r| r.spec.model.len()).max().unwrap_or(0).max(12);
     let tw = plan.runs.iter().map(|r| r.spec.teacher_models().len()).max().unwrap_or(0).max(12);
@@ -735,11 +752,12 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
         let s = &r.spec;
         let status = match (&waiting, crate::store::verify::check(&crate::store::RunDir::new(&a.results, &plan.suite, &s.id), s)) {
             (Some(_), _) => "no data",
+            _ if provisional(s) => "no teacher",
             (None, crate::store::verify::Health::Finished(_)) => "done",
             (None, crate::store::verify::Health::Damaged(_)) => "damaged",
             (None, _) => "pending",
         };
-        let id = if waiting.is_some() { format!("~{}", s.id.get(..15).unwrap_or(&s.id)) } else { s.id.clone() };
+        let id = if provisional(s) { format!("~{}", s.id.get(..15).unwrap_or(&s.id)) } else { s.id.clone() };
         let role = if s.role == Role::Teacher { "teacher" } else { "student" };
         let mut params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if s.train.label_smoothing > 0.0 {

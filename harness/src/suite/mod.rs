@@ -60,8 +60,14 @@ pub struct Suite {
     pub report: ReportSpec,
     /// `[executor.slurm]` (all `None` when absent).
     pub slurm: executor::SlurmOptions,
+    /// Plan with placeholders for teacher checkpoints that do not exist yet (`harness plan`
+    /// only: their students' ids are provisional, as without the data).
+    pub allow_missing_checkpoints: bool,
     src: Source,
 }
+
+/// Stands in for the hash of a teacher checkpoint that is not there yet (`harness plan`).
+pub const MISSING_CHECKPOINT: &str = "waiting-for-checkpoint";
 
 /// A `[teachers.<name>]` table.
 pub struct TeacherDecl {
@@ -447,7 +453,12 @@ impl Suite {
         let expected = parse_expected(&src)?;
         let report = parse_report(&src)?;
         let slurm = executor::parse(&src)?;
-        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, report, slurm, src })
+        Ok(Suite { name, description, dataset, data_dir, seeds, train, teachers, methods, axes, expected, report, slurm, allow_missing_checkpoints: false, src })
+    }
+
+    /// Teacher checkpoints the suite names that do not exist (what `plan` waits for).
+    pub fn missing_checkpoints(&self) -> Vec<(String, PathBuf)> {
+        self.teachers.iter().filter_map(|(n, d)| d.checkpoint.as_ref().filter(|c| std::fs::symlink_metadata(c).is_err()).map(|c| (n.clone(), c.clone()))).collect()
     }
 
     /// The suite file this was read from.
@@ -814,6 +825,9 @@ impl Suite {
         check_model_for(&self.src, &ctx.at.path, &tmodel, info)?;
         if let Some(ck) = decl.and_then(|d| d.checkpoint.clone()) {
             let decl_path = decl.map(|d| d.path.clone()).unwrap_or_default();
+            if self.allow_missing_checkpoints && std::fs::symlink_metadata(&ck).is_err() {
+                return Ok((vec![], TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: MISSING_CHECKPOINT.into() }));
+            }
             let bytes = crate::files::read(&ck, "teacher checkpoint")
                 .map_err(|e| input(self.src.error(&[decl_path, vec![key("checkpoint")]].concat(), format!("{e:#}"))))?;
             return Ok((vec![], TeacherRef::Checkpoint { path: ck.display().to_string(), model: tmodel, hash: blake3::hash(&bytes).to_hex().to_string() }));
