@@ -300,3 +300,30 @@ fn plots_are_svg_and_png_and_the_html_shows_the_svg() {
     assert!(html.contains("figure img{width:100%;max-width:1100px"), "{html}");
     assert!(html.contains("<h2>Against the baseline"));
 }
+
+/// Published accuracies of teachers read from checkpoints (the released-teacher suites): no run
+/// trains them, so the verdict uses the accuracy their students measured (`teacher_top1`).
+#[test]
+fn checkpoint_teachers_get_verdicts_from_their_students() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let tref = vec![TeacherRef::Checkpoint { path: "t.safetensors".into(), model: "cnn_small".into(), hash: "h".into() }];
+    for seed in 0..2 {
+        finished(&results, &spec("cnn_tiny", "kd", Some(4.0), seed, Role::Student, tref.clone()), 75.0);
+    }
+    let r = build(&results.join(SUITE));
+    let o = Options::default();
+    let exp = [expected(None, "cnn_small", "ce", 99.5, "last"), expected(None, "cnn_small", "ce", 97.0, "last"), expected(None, "resnet8", "ce", 60.0, "last")];
+    let t = report::verdict::table(&r, &o, &exp).unwrap();
+    let cells: Vec<(&str, &str, &str, &str)> = t.rows.iter().map(|row| (row[1].text.as_str(), row[5].text.as_str(), row[6].text.as_str(), row[9].text.as_str())).collect();
+    assert_eq!(
+        cells,
+        [
+            ("released checkpoint, measured by its students", "99.00", "n/a (one checkpoint)", "within ±1"),
+            ("released checkpoint, measured by its students", "99.00", "n/a (one checkpoint)", "outside"),
+            ("", "", "", "no such runs in the suite"),
+        ],
+        "{}",
+        t.markdown()
+    );
+}

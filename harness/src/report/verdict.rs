@@ -61,6 +61,10 @@ pub fn rows<'a>(r: &'a Report, o: &Options, expected: &'a [Expected]) -> Vec<Row
     for e in expected {
         let groups = matching(r, e);
         if groups.is_empty() {
+            if let Some(row) = checkpoint_teacher(r, e, o) {
+                out.push(row);
+                continue;
+            }
             let none =
                 Row { expected: e, group: None, settings: String::new(), n: 0, mean: None, std: None, ci95: None, delta: None, verdict: Verdict::NotInSuite };
             out.push(none);
@@ -97,6 +101,26 @@ pub fn rows<'a>(r: &'a Report, o: &Options, expected: &'a [Expected]) -> Vec<Row
         }
     }
     out
+}
+
+/// The label of a published teacher cell measured from a checkpoint (no run trains it).
+const CHECKPOINT: &str = "released checkpoint, measured by its students";
+
+/// A published teacher cell (`student = <model>`, `method = "ce"`, no teacher) for a teacher the
+/// suite reads from a checkpoint: no run trains it, but every student of it evaluated it on the
+/// test set when it started (`teacher_top1`). One checkpoint is one number: no interval, so the
+/// verdict is within the tolerance or outside.
+fn checkpoint_teacher<'a>(r: &Report, e: &'a Expected, o: &Options) -> Option<Row<'a>> {
+    if e.teacher.is_some() || e.method != "ce" {
+        return None;
+    }
+    let from_checkpoint = |x: &&super::load::Record| {
+        x.state == "done" && matches!(x.spec.teachers.as_slice(), [crate::suite::TeacherRef::Checkpoint { model, .. }] if *model == e.student)
+    };
+    let top1 = r.records.iter().filter(from_checkpoint).find_map(|x| x.summary.as_ref()?.teacher_top1)?;
+    let delta = top1 - e.top1;
+    let verdict = if delta.abs() <= o.expected_tolerance { Verdict::WithinTolerance } else { Verdict::Outside };
+    Some(Row { expected: e, group: None, settings: CHECKPOINT.into(), n: 1, mean: Some(top1), std: None, ci95: None, delta: Some(delta), verdict })
 }
 
 /// One line a reader can quote, e.g. `3/5 published cells reproduced (2 inside our 95% CI,
@@ -158,7 +182,9 @@ fn row_cells(r: &Report, x: &Row, o: &Options) -> Vec<TCell> {
     let (ours, ci) = match x.mean {
         Some(m) => (
             TCell { text: format!("{m:.2}"), mean: Some(m), std: x.std, n: Some(x.n), bold: false },
-            TCell::text(x.ci95.map(|c| format!("[{:.2}, {:.2}]", m - c, m + c)).unwrap_or_else(|| "n/a (1 seed)".into())),
+            TCell::text(x.ci95.map(|c| format!("[{:.2}, {:.2}]", m - c, m + c)).unwrap_or_else(|| {
+                if x.settings == CHECKPOINT { "n/a (one checkpoint)".into() } else { "n/a (1 seed)".into() }
+            })),
         ),
         None => (TCell::text(""), TCell::text("")),
     };
