@@ -331,39 +331,6 @@ fn data_synth_checks_its_sizes_and_noise() {
 
 // ------------------------------------------------------------------ loss-eval arrays
 
-fn npy(descr: &str, shape: &[i64], data: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (h.len() + 11) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut v = b"\x93NUMPY\x01\x00".to_vec();
-    v.extend((h.len() as u16).to_le_bytes());
-    v.extend(h.as_bytes());
-    v.extend(data);
-    v
-}
-
-fn f64s(x: &[f64]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn i64s(x: &[i64]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn npz(path: &Path, arrays: &[(&str, Vec<u8>)]) {
-    use std::io::Write;
-    let mut z = zip::ZipWriter::new(File::create(path).unwrap());
-    for (name, bytes) in arrays {
-        z.start_file(format!("{name}.npy"), zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored)).unwrap();
-        z.write_all(bytes).unwrap();
-    }
-    z.finish().unwrap();
-}
-
 #[test]
 fn loss_eval_arrays_are_checked_before_libtorch_sees_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -482,36 +449,12 @@ fn checkpoints_are_validated_completely_at_plan_time() {
 
 // ------------------------------------------------------------------ mutation fuzzing (in process)
 
-/// Deterministic byte mutations (flip, overwrite with an extreme byte, cut, duplicate a span):
-/// the reader must return a value or an error, never panic or overflow its stack.
-fn mutations(seed: &[u8], n: usize, mut check: impl FnMut(&[u8])) {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
-    for _ in 0..n {
-        let mut b = seed.to_vec();
-        for _ in 0..rng.gen_range(1..4) {
-            let i = rng.gen_range(0..b.len());
-            match rng.gen_range(0..4) {
-                0 => b[i] ^= 1 << rng.gen_range(0..8),
-                1 => b[i] = [0u8, 0x7f, 0x80, 0xff, b'(', b'.', b'h', b'q'][rng.gen_range(0..8)],
-                2 => b.truncate(i.max(1)),
-                _ => {
-                    let j = rng.gen_range(i..b.len());
-                    let span = b[i..j].to_vec();
-                    b.splice(i..i, span);
-                }
-            }
-        }
-        check(&b);
-    }
-}
-
 #[test]
 fn mutated_pickles_give_a_value_or_an_error() {
     let seed = valid_batch();
     let v = harness::data::pickle::load(&seed).unwrap();
     assert_eq!(v.get("data").unwrap().as_u8_array().unwrap().0, vec![2, 3072]);
-    mutations(&seed, 3000, |b| {
+    mutations(&seed, fuzz_iters(3000), |b| {
         if let Ok(v) = harness::data::pickle::load(b) {
             let _ = v.get("data").map(|d| d.as_u8_array());
             let _ = v.get("labels").map(|l| l.as_int_list());
@@ -524,7 +467,7 @@ fn mutated_npy_arrays_give_a_value_or_an_error() {
     let seed = npy("<f8", &[2, 3], &f64s(&[0.1, 0.5, -0.3, 1.2, 0.0, 0.7]));
     let t = harness::data::npz::read_npy(&mut seed.as_slice(), "seed").unwrap();
     assert_eq!(t.size(), vec![2, 3]);
-    mutations(&seed, 3000, |b| {
+    mutations(&seed, fuzz_iters(3000), |b| {
         if let Ok(t) = harness::data::npz::read_npy(&mut &b[..], "m") {
             // A successful read holds exactly its declared elements.
             let _ = t.numel();

@@ -87,3 +87,82 @@ pub fn write_checkpoint(model: &str, classes: i64, path: &Path) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     harness::models::checkpoint::save_atomic(&vs, path).unwrap();
 }
+
+// ------------------------------------------------------------------ .npy / .npz writers
+
+/// A `.npy` file (format 1.0) holding `data` as `descr` with `shape`.
+pub fn npy(descr: &str, shape: &[i64], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (h.len() + 11) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend((h.len() as u16).to_le_bytes());
+    v.extend(h.as_bytes());
+    v.extend(data);
+    v
+}
+
+pub fn f64s(x: &[f64]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+pub fn i64s(x: &[i64]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// An uncompressed `.npz` (what `numpy.savez` writes) of the named `.npy` payloads.
+pub fn npz(path: &Path, arrays: &[(&str, Vec<u8>)]) {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, bytes) in arrays {
+        z.start_file(format!("{name}.npy"), zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored)).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+// ------------------------------------------------------------------ mutation fuzzing
+
+/// `n` scaled by `KD_HARNESS_FUZZ_SCALE` (default 1): CI runs the bounded count, a longer local
+/// run raises it (README, "Fuzzing").
+pub fn fuzz_iters(n: usize) -> usize {
+    let scale = std::env::var("KD_HARNESS_FUZZ_SCALE").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(1);
+    n.saturating_mul(scale.max(1))
+}
+
+/// Deterministic mutations of `seed` (flip a bit, overwrite with an extreme byte, insert a token
+/// that parsers special-case, cut, duplicate a span), `n` of them, each handed to `check`, which
+/// must see a value or an error, never a panic or a stack overflow. `KD_HARNESS_FUZZ_SEED`
+/// changes the sequence (default 17).
+pub fn mutations(seed: &[u8], n: usize, mut check: impl FnMut(&[u8])) {
+    use rand::{Rng, SeedableRng};
+    const TOKENS: &[&[u8]] = &[b"nan", b"inf", b"-1", b"1e999", b"0", b"18446744073709551616", b"\"", b"[", b"{", b"]]", b"\n[", b",", b"=", b"\\u0000", b"\xff\xfe"];
+    let s = std::env::var("KD_HARNESS_FUZZ_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(17);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s);
+    for _ in 0..n {
+        let mut b = seed.to_vec();
+        for _ in 0..rng.gen_range(1..4) {
+            let i = rng.gen_range(0..b.len());
+            match rng.gen_range(0..5) {
+                0 => b[i] ^= 1 << rng.gen_range(0..8),
+                1 => b[i] = [0u8, 0x7f, 0x80, 0xff, b'(', b'.', b'h', b'q'][rng.gen_range(0..8)],
+                2 => b.truncate(i.max(1)),
+                3 => {
+                    let t = TOKENS[rng.gen_range(0..TOKENS.len())];
+                    let end = (i + rng.gen_range(0..3)).min(b.len());
+                    b.splice(i..end, t.iter().copied());
+                }
+                _ => {
+                    let j = rng.gen_range(i..b.len());
+                    let span = b[i..j].to_vec();
+                    b.splice(i..i, span);
+                }
+            }
+        }
+        check(&b);
+    }
+}

@@ -51,7 +51,7 @@ enum Key {
 
 /// One baseline value to check.
 #[derive(Clone, Debug)]
-struct Base {
+pub struct Base {
     key: Key,
     label: String,
     metric: Metric,
@@ -268,8 +268,9 @@ fn from_expected(expected: &[Expected]) -> Vec<Base> {
         .collect()
 }
 
-/// Loads a baseline: `expected` (the suite's published numbers), a `.toml` baseline or a `.parquet`.
-fn load(spec: &str, expected: &[Expected], metric: Metric) -> anyhow::Result<Vec<Base>> {
+/// Loads a baseline: `expected` (the suite's published numbers), a `.toml` baseline or a `.parquet`,
+/// every value validated (an input error naming the file otherwise).
+pub fn load(spec: &str, expected: &[Expected], metric: Metric) -> anyhow::Result<Vec<Base>> {
     if spec == "expected" {
         if expected.is_empty() {
             crate::input_bail!("--baseline expected: the suite has no [[expected]] entries");
