@@ -114,6 +114,10 @@ pub struct RunArgs {
     /// it a suite with damaged runs trains nothing and exits 2.
     #[arg(long)]
     pub retrain_damaged: bool,
+    /// Train the students of a teacher whose measured accuracy is outside its [[expected]] value
+    /// (the teacher gate skips them otherwise).
+    #[arg(long)]
+    pub force: bool,
     /// local: child processes on this machine; slurm: one job array per DAG level on the cluster.
     #[arg(long, value_enum, default_value = "local")]
     pub executor: Executor,
@@ -519,13 +523,14 @@ fn check_checkpoints(suite: &Suite, plan: &Plan) -> anyhow::Result<()> {
 
 /// Loads the records a report works on, with the suite (when a suite file was given).
 fn load_report(a: &ResultsArgs) -> anyhow::Result<(Option<Suite>, crate::report::Report, report::Options)> {
-    let (suite, name, records, unreadable) = if a.suite.is_dir() {
+    let (suite, name, records, unreadable, teachers) = if a.suite.is_dir() {
         let (name, records, unreadable) = report::load::from_dir_checked(&a.suite)?;
-        (None, name, records, unreadable)
+        (None, name, records, unreadable, vec![])
     } else {
         let (suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
         let records = report::load::from_plan(&plan, &a.results)?;
-        (Some(suite), plan.suite, records, vec![])
+        let teachers = sched::gate::teacher_lines(&plan, &sched::gate::Gate::new(&suite), &a.results);
+        (Some(suite), plan.suite, records, vec![], teachers)
     };
     let mut o = report::Options::default();
     if let Some(s) = &suite {
@@ -549,6 +554,7 @@ fn load_report(a: &ResultsArgs) -> anyhow::Result<(Option<Suite>, crate::report:
     }
     let mut rep = report::Report::build(&name, records)?;
     rep.unreadable = unreadable;
+    rep.teachers = teachers;
     Ok((suite, rep, o))
 }
 
@@ -741,6 +747,9 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
         println!("  to get mdistiller's released CIFAR-100 teachers: scripts/convert_released_teachers.sh cifar_teachers.tar (see README, Released teachers)");
         println!("  ids marked ~ are provisional: a student's id includes its teacher checkpoint's hash");
     }
+    for line in sched::gate::teacher_lines(&plan, &sched::gate::Gate::new(&suite), &a.results) {
+        println!("{line}");
+    }
     let provisional = |s: &crate::suite::RunSpec| {
         waiting.is_some() || s.teachers.iter().any(|t| matches!(t, crate::suite::TeacherRef::Checkpoint { hash, .. } if hash == crate::suite::MISSING_CHECKPOINT))
     };
@@ -788,7 +797,10 @@ fn plan_cmd(a: PlanArgs) -> anyhow::Result<i32> {
 }
 
 fn status_cmd(a: PlanArgs) -> anyhow::Result<i32> {
-    let (_suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+    let (suite, plan, _) = load_plan(&a.suite, a.data.data_dir.as_deref())?;
+    for line in sched::gate::teacher_lines(&plan, &sched::gate::Gate::new(&suite), &a.results) {
+        println!("{line}");
+    }
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     // A suite submitted to Slurm also shows each run's job array task and its Slurm state.
     let submitted = !sched::slurm::read_jobs(&a.results, &plan.suite)?.is_empty();
@@ -844,7 +856,11 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     }
     check_checkpoints(&suite, &plan)?;
     sched::guard_damaged(&plan, &a.results, a.retrain_damaged, a.dry_run)?;
+    // The teacher gate: checkpoint teachers measured (once) and compared before anything trains.
+    let gate = std::sync::Arc::new(sched::gate::Gate::new(&suite));
+    let gated = if a.dry_run { Vec::new() } else { gate_checkpoint_teachers(&a, &plan, &gate, &data_dir)? };
     if a.executor == Executor::Slurm {
+        let plan = sched::gate::without(&plan, &gated);
         return run_slurm(&a, &suite, &plan, &data_dir);
     }
     if let Some(flag) = a.slurm.first_given() {
@@ -861,6 +877,8 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let opts = sched::Options {
+        gated,
+        gate: (!a.force).then_some(gate),
         results: a.results.clone(),
         data_dir,
         devices: devices.clone(),
@@ -873,6 +891,18 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     };
     let outcomes = sched::run_plan(&plan, &opts)?;
     Ok(print_outcomes(&plan, &a.results, &outcomes))
+}
+
+/// Measures the checkpoint teachers of unfinished runs on the first device `run` would use
+/// (the submitting machine's for Slurm) and returns the runs the gate skips.
+fn gate_checkpoint_teachers(a: &RunArgs, plan: &Plan, gate: &sched::gate::Gate, data_dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let devices = if a.executor == Executor::Slurm { sched::Devices::Cpu } else { sched::parse_devices(a.devices.as_deref().unwrap_or("auto"))? };
+    let device = match &devices {
+        sched::Devices::Cpu => tch::Device::Cpu,
+        sched::Devices::Gpus(g) => tch::Device::Cuda(g.first().copied().unwrap_or(0)),
+    };
+    let pending = |i: usize| !crate::store::RunDir::new(&a.results, &plan.suite, &plan.runs[i].spec.id).is_finished();
+    sched::gate::checkpoint_teachers(plan, gate, &a.results, data_dir, device, a.force, &pending)
 }
 
 /// Submits the suite to Slurm; with `--wait`, stays until its tasks have left the queue and

@@ -128,6 +128,8 @@ pub struct Report {
     /// Run directories whose `config.json` cannot say which run they are (results read from a
     /// folder): listed as damaged, never aggregated.
     pub unreadable: Vec<crate::store::verify::Damage>,
+    /// The teacher gate's lines (accuracy, hash, comparison; `sched::gate`), for a suite's report.
+    pub teachers: Vec<String>,
 }
 
 impl Report {
@@ -137,7 +139,7 @@ impl Report {
         let epochs = epochs_frame(&records)?;
         let aggregates = aggregate(&runs)?;
         let groups = groups_from(&records, &aggregates)?;
-        let mut r = Report { suite: suite.to_string(), records, groups, runs, epochs, aggregates, unreadable: vec![] };
+        let mut r = Report { suite: suite.to_string(), records, groups, runs, epochs, aggregates, unreadable: vec![], teachers: vec![] };
         r.add_intervals()?;
         Ok(r)
     }
@@ -437,6 +439,16 @@ fn index(report: &Report, opts: &Options, expected: &[crate::suite::Expected], t
         for d in &damaged {
             md.push_str(&format!("- {d}\n"));
             html.push_str(&format!("<li>{}</li>\n", esc(d)));
+        }
+        md.push('\n');
+        html.push_str("</ul>\n");
+    }
+    if !report.teachers.is_empty() {
+        md.push_str("## Teachers\n\n");
+        html.push_str("<h2>Teachers</h2>\n<ul>\n");
+        for t in &report.teachers {
+            md.push_str(&format!("- {t}\n"));
+            html.push_str(&format!("<li>{}</li>\n", esc(t)));
         }
         md.push('\n');
         html.push_str("</ul>\n");

@@ -6,6 +6,7 @@
 //! point runs as Slurm array tasks under `--executor slurm` (see [`slurm`]).
 
 pub mod exec;
+pub mod gate;
 pub mod slurm;
 
 pub use exec::{cohort_of, exec};
@@ -80,7 +81,7 @@ pub fn slots(devices: &Devices, per_gpu: usize, jobs: usize) -> Vec<Slot> {
 }
 
 /// How `harness run` executes a plan.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     pub results: PathBuf,
     pub data_dir: PathBuf,
@@ -96,6 +97,10 @@ pub struct Options {
     pub progress: bool,
     /// Most runs trained together in one child (1: every run alone); see [`default_cohort`].
     pub cohort: usize,
+    /// Runs the teacher gate skips before anything trains (checkpoint teachers; run id, reason).
+    pub gated: Vec<(String, String)>,
+    /// Teachers the suite trains are gated when they finish (`None`: `--force`).
+    pub gate: Option<std::sync::Arc<gate::Gate>>,
 }
 
 /// Estimated memory one CIFAR-size learner needs on the CPU (model, gradients, momentum, the
@@ -342,6 +347,8 @@ pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
         bars: Vec<ProgressBar>,
     }
     let mut running: Vec<Running> = Vec::new();
+    // Trained teachers compared with their [[expected]] value once they finish (id → skip reason).
+    let mut gated_teachers = TeacherGate { gate: opts.gate.clone(), results: &opts.results, verdicts: Vec::new() };
     let index_of = |id: &str| plan.runs.iter().position(|r| r.spec.id == id);
     // Runs with equal keys may share a child (one data stream, the teachers' passes once).
     let keys: Vec<Option<String>> = plan.runs.iter().map(|r| if opts.cohort > 1 { crate::train::cohort_key(&r.spec) } else { None }).collect();
@@ -351,7 +358,13 @@ pub fn run_plan(plan: &Plan, opts: &Options) -> anyhow::Result<Vec<Outcome>> {
             if outcome[i].is_some() || running.iter().any(|r| r.idxs.contains(&i)) {
                 continue;
             }
-            match readiness(plan, i, &outcome, &index_of) {
+            if let Some((_, reason)) = opts.gated.iter().find(|(id, _)| *id == plan.runs[i].spec.id) {
+                say(&mp, opts.progress, format!("skip  {} {}: {reason}", plan.runs[i].spec.id, plan.runs[i].spec.label()));
+                outcome[i] = Some(Outcome::Skipped(reason.clone()));
+                suite_bar.inc(1);
+                continue;
+            }
+            match readiness(plan, i, &outcome, &index_of, &mut gated_teachers) {
                 Ready::Yes => ready.push(i),
                 Ready::Wait => {}
                 Ready::Blocked(reason) => {
@@ -497,12 +510,38 @@ enum Ready {
     Blocked(String),
 }
 
-fn readiness(plan: &Plan, i: usize, outcome: &[Option<Outcome>], index_of: &dyn Fn(&str) -> Option<usize>) -> Ready {
+/// The gate for teachers the suite trains, each compared once after it finished.
+struct TeacherGate<'a> {
+    gate: Option<std::sync::Arc<gate::Gate>>,
+    results: &'a Path,
+    verdicts: Vec<(String, Option<String>)>,
+}
+
+impl TeacherGate<'_> {
+    /// Why the students of the finished teacher run `t` are skipped, if they are.
+    fn blocks(&mut self, t: &crate::suite::RunSpec) -> Option<String> {
+        let gate = self.gate.as_ref()?;
+        if let Some((_, v)) = self.verdicts.iter().find(|(id, _)| *id == t.id) {
+            return v.clone();
+        }
+        let v = gate::trained_teacher(gate, self.results, t, false).unwrap_or_else(|e| Some(format!("teacher gate: {e:#}")));
+        self.verdicts.push((t.id.clone(), v.clone()));
+        v
+    }
+}
+
+fn readiness(plan: &Plan, i: usize, outcome: &[Option<Outcome>], index_of: &dyn Fn(&str) -> Option<usize>, gate: &mut TeacherGate<'_>) -> Ready {
     let mut ready = Ready::Yes;
     for d in &plan.runs[i].deps {
         let j = index_of(d);
         match j.and_then(|j| outcome[j].clone()) {
-            Some(o) if o.done() => {}
+            Some(o) if o.done() => {
+                // Only plainly trained teachers have a published value of their own.
+                let t = j.map(|j| &plan.runs[j].spec).filter(|t| t.role == Role::Teacher && t.teachers.is_empty());
+                if let Some(reason) = t.filter(|_| plan.runs[i].spec.role == Role::Student).and_then(|t| gate.blocks(t)) {
+                    return Ready::Blocked(reason);
+                }
+            }
             Some(_) => return Ready::Blocked(format!("teacher {} ({}) did not finish", d, j.map(|j| plan.runs[j].spec.model.as_str()).unwrap_or("?"))),
             None if j.is_none() => return Ready::Blocked(format!("dependency {d} is not in this plan")),
             None => ready = Ready::Wait,
@@ -575,6 +614,9 @@ pub fn state_of(plan: &Plan, results: &Path, i: usize) -> (String, String) {
     if let Some(f) = read_fail(&dir) {
         let at = f.epoch.map(|e| format!(" at epoch {e}")).unwrap_or_default();
         return (f.state.clone(), format!("{}{at}; log {}", f.error, dir.log().display()));
+    }
+    if let Some(reason) = gate::skipped_by(results, &r.spec) {
+        return ("skipped".into(), reason);
     }
     for d in &r.deps {
         if let Some(j) = plan.runs.iter().position(|x| &x.spec.id == d) {
