@@ -359,3 +359,74 @@ fn report_section_is_validated() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("param.temperature") && text(&o).contains("c.toml"), "{}", text(&o));
 }
+
+/// Headless Chromium, or why not (the test skips then, except under CI:
+/// `KD_HARNESS_REQUIRE_BROWSER`, set by `.ci/run`; `scripts/browser.sh` installs it).
+fn chromium() -> Option<PathBuf> {
+    let found = ["chromium", "chromium-browser"].iter().find_map(|b| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join(b)).find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(std::env::var_os("KD_HARNESS_REQUIRE_BROWSER").is_none(), "KD_HARNESS_REQUIRE_BROWSER is set but there is no chromium (scripts/browser.sh installs it)");
+        eprintln!("skipping: no chromium on PATH (scripts/browser.sh installs Debian's)");
+    }
+    found
+}
+
+fn headless(browser: &Path, profile: &Path, args: &[&str], page: &Path) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .arg("120")
+        .arg(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap()
+}
+
+/// What a person sees: the report's index.html in a 1280-px window. Every image loads, nothing
+/// sticks out of the window (outside the tables' own scroll boxes), the tables are there; a
+/// screenshot is kept at target/report-index.png.
+#[test]
+fn index_html_reads_in_a_real_browser() {
+    let Some(browser) = chromium() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture(tmp.path());
+    let o = harness(&["report", dir.to_str().unwrap(), "--out", "reports", "--baseline", "kd"], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let out = tmp.path().join("reports").join(SUITE);
+    let index = std::fs::read_to_string(out.join("index.html")).unwrap();
+    // The same page with a probe that writes its measurements into the DOM once loaded.
+    let probe = r#"<script>
+window.addEventListener('load', () => {
+  const W = document.documentElement.clientWidth;
+  const scrolls = e => { for (let a = e.parentElement; a; a = a.parentElement) { const o = getComputedStyle(a).overflowX; if (o === 'auto' || o === 'scroll' || o === 'hidden') return true; } return false; };
+  const wide = [...document.querySelectorAll('body *')].filter(e => e.id !== 'kd-check' && e.getBoundingClientRect().right > W + 1 && !scrolls(e)).map(e => e.tagName + ' ' + (e.textContent || e.getAttribute('src') || '').slice(0, 60));
+  const imgs = [...document.images];
+  const r = { width: W, scroll_width: document.documentElement.scrollWidth, images: imgs.length,
+    broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
+    narrow: imgs.filter(i => i.getBoundingClientRect().width < 600).map(i => i.getAttribute('src')),
+    tables: document.querySelectorAll('table').length, wide };
+  const pre = document.createElement('pre'); pre.id = 'kd-check'; pre.textContent = JSON.stringify(r); document.body.appendChild(pre);
+});
+</script>"#;
+    assert!(index.contains("</body>"), "{index}");
+    let check = out.join("check.html");
+    std::fs::write(&check, index.replace("</body>", &format!("{probe}</body>"))).unwrap();
+    let o = headless(&browser, &tmp.path().join("profile"), &["--window-size=1280,1000", "--virtual-time-budget=10000", "--dump-dom"], &check);
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let json = dom.split("<pre id=\"kd-check\">").nth(1).and_then(|s| s.split("</pre>").next()).unwrap_or_else(|| panic!("no probe output; chromium said: {}", text(&o)));
+    let r: serde_json::Value = serde_json::from_str(&json.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")).unwrap();
+    assert_eq!(r["width"], 1280, "{r}");
+    assert!(r["images"].as_u64().unwrap() >= 5, "the plots are on the page: {r}");
+    assert_eq!(r["broken"], serde_json::json!([]), "every image loads: {r}");
+    assert_eq!(r["narrow"], serde_json::json!([]), "plots are shown large, not shrunk: {r}");
+    assert!(r["tables"].as_u64().unwrap() >= 3, "{r}");
+    assert!(r["scroll_width"].as_u64().unwrap() <= 1280, "the page scrolls sideways: {r}");
+    assert_eq!(r["wide"], serde_json::json!([]), "elements stick out of the window: {r}");
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/report-index.png");
+    let o = headless(&browser, &tmp.path().join("profile2"), &["--window-size=1280,2400", &format!("--screenshot={}", shot.display())], &out.join("index.html"));
+    assert!(shot.is_file(), "no screenshot: {}", text(&o));
+}
