@@ -292,7 +292,12 @@ fn suite_values_sizes_and_selections_that_mislead_are_refused() {
     // 1000 x 1000 x 1000 grid points: refused before expanding, naming the axes.
     let axis = |k: &str| format!("\"{k}\" = [{}]\n", (1..=1000).map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
     write("big.toml", &format!("{}{}{}{}", DIGITS.replace("method = [\"ce\", \"kd\"]\n", ""), axis("seed"), axis("train.epochs"), axis("train.batch_size")));
-    refused(d, &["plan", "big.toml"], &["big.toml:", "1000000000 runs", "100000", "seed (1000)"]);
+    refused(d, &["plan", "big.toml"], &["big.toml:", "1000000000 runs", "100000", "seed (1000)", "--max-runs"]);
+    // --max-runs moves the limit both ways.
+    write("mid.toml", &format!("{}{}", DIGITS.replace("method = [\"ce\", \"kd\"]\n", ""), axis("seed")));
+    refused(d, &["plan", "mid.toml", "--max-runs", "999"], &["mid.toml:", "1000 runs", "limit of 999"]);
+    ok(d, &["plan", "mid.toml"]);
+    ok(d, &["plan", "mid.toml", "--max-runs", "1000"]);
 
     // --only selecting nothing names the key and the values present.
     refused(d, &["run", "s.toml", "--only", "method=nope", "--dry-run"], &["method=nope", "selects no run", "ce, kd"]);

@@ -14,6 +14,10 @@ use crate::{data, distill, env, models, report, train};
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+    /// Most runs (grid points) a suite may expand to; a larger grid is refused before it is
+    /// expanded (a typo in an axis can otherwise ask for billions).
+    #[arg(long, global = true, default_value_t = crate::suite::MAX_GRID_POINTS)]
+    pub max_runs: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -397,6 +401,7 @@ pub struct ExecArgs {
 
 /// Runs a command; returns the process exit code (errors are returned for the caller to print).
 pub fn main(cli: Cli) -> anyhow::Result<i32> {
+    crate::suite::set_max_grid_points(cli.max_runs);
     match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Plan(a) => plan_cmd(a),

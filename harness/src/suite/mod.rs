@@ -1053,11 +1053,20 @@ fn parse_expected(src: &Source) -> anyhow::Result<Vec<Expected>> {
 /// point in memory, so a typo such as a 1000-value axis crossed with others is refused up front.
 pub const MAX_GRID_POINTS: usize = 100_000;
 
+/// The limit in force: [`MAX_GRID_POINTS`] unless `--max-runs` raised (or lowered) it.
+static GRID_LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(MAX_GRID_POINTS);
+
+/// Sets the most grid points a suite may expand to (the CLI's `--max-runs`).
+pub fn set_max_grid_points(n: usize) {
+    GRID_LIMIT.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The number of grid points, computed with checked arithmetic before anything is expanded.
 fn grid_size(src: &Source, axes: &[Axis]) -> anyhow::Result<usize> {
     let total = axes.iter().try_fold(1usize, |acc, a| acc.checked_mul(a.len()));
+    let limit = GRID_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
     match total {
-        Some(n) if n <= MAX_GRID_POINTS => Ok(n),
+        Some(n) if n <= limit => Ok(n),
         _ => {
             let sizes: Vec<String> = axes
                 .iter()
@@ -1069,7 +1078,7 @@ fn grid_size(src: &Source, axes: &[Axis]) -> anyhow::Result<usize> {
             let n = total.map(|n| n.to_string()).unwrap_or_else(|| "more than 2^64".into());
             Err(input(src.error(
                 &[key("grid")],
-                format!("the grid expands to {n} runs ({}), more than the limit of {MAX_GRID_POINTS}; split the suite or shorten an axis", sizes.join(" x ")),
+                format!("the grid expands to {n} runs ({}), more than the limit of {limit}; split the suite, shorten an axis, or raise the limit with --max-runs", sizes.join(" x ")),
             )))
         }
     }
