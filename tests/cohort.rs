@@ -56,8 +56,8 @@ fn files(p: &Path) -> Vec<String> {
     f
 }
 
-/// Every run of `a` equals the same run of `b`.
-fn assert_same_results(root: &Path, a: &str, b: &str) {
+/// Every run of `a` equals the same run of `b` (`runs` of them).
+fn assert_same_results(root: &Path, a: &str, b: &str, runs_expected: usize) {
     let runs = root.join(a).join("c/runs");
     let mut n = 0;
     for e in std::fs::read_dir(&runs).unwrap() {
@@ -68,7 +68,27 @@ fn assert_same_results(root: &Path, a: &str, b: &str) {
         assert_eq!(summary(&ra), summary(&rb), "{id:?}: summary.json");
         n += 1;
     }
-    assert_eq!(n, 6, "teacher and five students");
+    assert_eq!(n, runs_expected, "every run compared");
+}
+
+/// The mdistiller table's row (ce, kd, dkd, dist, nkd) over two seeds: per seed one teacher,
+/// then its five students as one cohort; every run equals the run trained alone.
+#[test]
+fn the_mdistiller_row_over_two_seeds_equals_it_trained_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = SUITE.replace("seeds = [0]", "seeds = [0, 1]").replace("epochs = 3", "epochs = 2").split("[grid]").next().unwrap().to_string()
+        + "[grid]\npair = [{ teacher = \"t\", student = \"mlp\" }]\nmethod = [\"ce\", \"kd\", \"dkd\", \"dist\", \"nkd\"]\n";
+    let s = write(dir.path(), &body);
+    let alone = harness(&["run", &s, "--results", "alone", "--devices", "cpu", "--threads", "1", "--no-cohort"], dir.path());
+    assert!(alone.status.success(), "{}", text(&alone));
+    let together = harness(&["run", &s, "--results", "together", "--devices", "cpu", "--threads", "1", "--cohort", "8"], dir.path());
+    let t = text(&together);
+    assert!(together.status.success(), "{t}");
+    // No student of the teacher trains alone.
+    let starts: Vec<&str> = t.lines().filter(|l| l.starts_with("start") && l.contains("<- cnn_tiny")).collect();
+    assert_eq!(starts.len(), 8, "{t}");
+    assert!(starts.iter().all(|l| l.contains("[cohort of")), "{t}");
+    assert_same_results(dir.path(), "alone", "together", 11); // one teacher (its seed is its own), ten students
 }
 
 #[test]
@@ -83,7 +103,7 @@ fn cohort_members_equal_their_runs_trained_alone() {
     assert!(together.status.success(), "{t}");
     // The teacher trains beside the teacher-free runs (ce, DML); then its three students together.
     assert_eq!(t.matches("[cohort of 3 with").count(), 6, "two children of three runs:\n{t}");
-    assert_same_results(dir.path(), "alone", "together");
+    assert_same_results(dir.path(), "alone", "together", 6);
     // The cohort is recorded where each run trained.
     let env = std::fs::read_to_string(dir.path().join("together/c/runs").join(&ids(dir.path(), &s)[1].0).join("env.json")).unwrap();
     assert!(env.contains("\"cohort\""), "{env}");
@@ -113,7 +133,7 @@ fn a_failing_member_leaves_the_cohort_and_the_others_finish_and_resume_across_mo
     assert!(log.contains("resuming run") && log.contains("after epoch 2"), "{log}");
     let o = harness(&["run", &s, "--results", "ref", "--devices", "cpu", "--threads", "1", "--no-cohort"], dir.path());
     assert!(o.status.success(), "{}", text(&o));
-    assert_same_results(dir.path(), "r", "ref");
+    assert_same_results(dir.path(), "r", "ref", 6);
 }
 
 #[test]

@@ -197,7 +197,9 @@ pub fn trained_teacher(gate: &Gate, results: &Path, teacher: &RunSpec, force: bo
         outside: false,
     });
     write(results, &teacher.suite, &tref, &teacher.dataset, &rec)?;
-    println!("{}", rec.describe());
+    if rec.expected.is_some() {
+        println!("{}", rec.describe());
+    }
     Ok((rec.outside && !force).then(|| rec.reason()))
 }
 
