@@ -40,7 +40,8 @@ pub struct Record {
 impl Record {
     /// One line for `plan`, `status` and `run`.
     pub fn describe(&self) -> String {
-        let short = &self.hash[..self.hash.len().min(12)];
+        // Records are files a user can edit: cut by characters, not bytes.
+        let short: String = self.hash.chars().take(12).collect();
         let cmp = match self.expected {
             Some(e) if self.outside => format!("; expected {e:.2} ± {}: OUTSIDE, its students are skipped (`harness run --force` trains them)", self.tolerance),
             Some(e) => format!("; expected {e:.2} ± {}: ok", self.tolerance),
@@ -91,7 +92,7 @@ fn dir(results: &Path, suite: &str) -> PathBuf {
 }
 
 fn key(tref: &TeacherRef, data: &DataRef) -> String {
-    let cut = |s: &str| s[..s.len().min(16)].to_string();
+    let cut = |s: &str| s.chars().filter(char::is_ascii_alphanumeric).take(16).collect::<String>();
     match tref {
         TeacherRef::Checkpoint { model, hash, .. } => format!("{model}-{}-{}.json", cut(hash), cut(&data.fingerprint)),
         TeacherRef::Run { id, .. } => format!("run-{id}.json"),
@@ -244,7 +245,8 @@ pub fn teacher_lines(plan: &Plan, gate: &Gate, results: &Path) -> Vec<String> {
                         TeacherRef::Run { id, .. } => (format!("run {id}"), id.clone()),
                     };
                     let exp = gate.expected(t.model()).map(|e| format!("; expected {:.2} ± {}", e.top1, gate.tolerance)).unwrap_or_default();
-                    format!("teacher gate: {} ({what}, {}) not measured yet (measured before the first of its students trains){exp}", t.model(), &hash[..hash.len().min(12)])
+                    let short: String = hash.chars().take(12).collect();
+                    format!("teacher gate: {} ({what}, {short}) not measured yet (measured before the first of its students trains){exp}", t.model())
                 }
             };
             lines.push(line);
