@@ -116,7 +116,7 @@ fn run_method(method: &str, params: &[(&str, f64)], arrays: &BTreeMap<String, Te
     let step = Step {
         student: &so,
         teachers: &tos,
-        peers: &[],
+        partners: &[],
         labels: &y,
         soft_targets: soft.as_ref(),
         dense_argmax: dense.as_ref(),

@@ -83,7 +83,7 @@ fn losses(c: &mut Criterion) {
                 let step = distill::Step {
                     student: &st,
                     teachers: &teachers,
-                    peers: &peers,
+                    partners: &peers,
                     labels: &y,
                     soft_targets: Some(&soft),
                     dense_argmax: None,

@@ -87,21 +87,32 @@ pub fn student_term(zs: &Tensor, zt: &Tensor, tau: f64, lambda: f64) -> Tensor {
 
 impl Distiller for Bdkd {
     fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
-        if self.peer_lr.is_some() {
-            let t = step.peers.first().ok_or_else(|| anyhow::anyhow!("bdkd_online needs its teacher as a peer (peers = [model])"))?;
-            let zs = &step.student.logits;
-            return Ok(vec![
-                ("ce", step.ce() * self.ce_weight),
-                ("bdkd", student_term(zs, &t.logits, self.tau, self.lambda)),
-                ("teacher_ce", super::hard_ce(&t.logits, step.labels) * self.ce_weight),
-                ("teacher_kl", teacher_term(zs, &t.logits, self.tau)),
-            ]);
-        }
-        let t = step.teacher()?;
+        let t = match self.peer_lr {
+            Some(_) => step.partners.first().ok_or_else(|| anyhow::anyhow!("bdkd_online needs its teacher as a peer (peers = [model])"))?,
+            None => step.teacher()?,
+        };
         Ok(vec![("ce", step.ce() * self.ce_weight), ("bdkd", student_term(&step.student.logits, &t.logits, self.tau, self.lambda))])
     }
 
     fn peer_lr(&self) -> Option<f64> {
         self.peer_lr
+    }
+
+    fn peer(&self, _k: usize) -> Option<Box<dyn Distiller>> {
+        self.peer_lr.map(|_| Box::new(OnlineTeacher { ce_weight: self.ce_weight, tau: self.tau }) as Box<dyn Distiller>)
+    }
+}
+
+/// The online teacher's side, a peer network of the cohort: `ce_weight·CE + T²·KL(p^t ‖ p^s)`.
+struct OnlineTeacher {
+    ce_weight: f64,
+    tau: f64,
+}
+
+impl Distiller for OnlineTeacher {
+    fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+        let s = step.partners.first().ok_or_else(|| anyhow::anyhow!("bdkd_online's teacher needs the student's outputs"))?;
+        let zt = &step.student.logits;
+        Ok(vec![("teacher_ce", super::hard_ce(zt, step.labels) * self.ce_weight), ("teacher_kl", teacher_term(&s.logits, zt, self.tau))])
     }
 }

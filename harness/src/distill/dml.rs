@@ -1,7 +1,8 @@
 //! `dml`: Deep Mutual Learning, Zhang et al. CVPR 2018 (methods-feature-online.md §4.1). The run's
 //! network and its online peers (`peers = [..]`) train together from scratch; each network k
-//! minimises `CE + (1/(K−1))·Σ_{l≠k} KL(p_l ‖ p_k)` at T = 1 with the others detached. One shared
-//! batch, one forward each, all networks stepped together (the spec's "simultaneous" update).
+//! minimises `CE + (1/(K−1))·Σ_{l≠k} KL(p_l ‖ p_k)` at T = 1 with the others detached. Each peer is a
+//! network of the cohort with this same loss: one shared batch, one forward each, every network
+//! stepped on it (the spec's "simultaneous" update).
 
 use tch::Tensor;
 
@@ -17,42 +18,52 @@ pub static INFO: MethodInfo = MethodInfo {
 };
 
 fn build(p: &Params) -> anyhow::Result<Box<dyn Distiller>> {
-    Ok(Box::new(Dml { peer_lr: super::float(p, "peer_lr")? }))
+    Ok(Box::new(Dml { peer_lr: super::float(p, "peer_lr")?, term: "dml" }))
 }
 
+/// Every network of the cohort minimises the same loss; `term` names it in the run's record
+/// (`dml` for the run's network, `dml_peers` summed over its peers).
 struct Dml {
     peer_lr: f64,
+    term: &'static str,
 }
 
-/// Each network's loss `CE + mean_{l≠k} KL(p_l ‖ p_k)` (T = 1), peers detached.
+/// One network's loss `CE + (1/(K−1))·Σ_l KL(p_l ‖ p_k)` (T = 1) over its `partners`' logits,
+/// which are detached here whatever the caller passes.
+pub fn dml_loss(own: &Tensor, partners: &[Tensor], y: &Tensor) -> Tensor {
+    let logp = own.log_softmax(1, own.kind());
+    let mut kl = own.zeros_like().sum(own.kind());
+    for z in partners {
+        kl = kl + kl_batchmean(&z.detach().log_softmax(1, z.kind()), &logp);
+    }
+    hard_ce(own, y) + kl / partners.len().max(1) as f64
+}
+
+/// Each network's loss when all K train together, in order (each one's partners are the others
+/// in order, as the loop hands them).
 pub fn dml_losses(logits: &[Tensor], y: &Tensor) -> Vec<Tensor> {
-    let k = logits.len();
-    let logp: Vec<Tensor> = logits.iter().map(|z| z.log_softmax(1, z.kind())).collect();
-    (0..k)
+    (0..logits.len())
         .map(|i| {
-            let mut kl = logits[i].zeros_like().sum(logits[i].kind());
-            for j in (0..k).filter(|&j| j != i) {
-                kl = kl + kl_batchmean(&logp[j].detach(), &logp[i]);
-            }
-            hard_ce(&logits[i], y) + kl / (k.max(2) - 1) as f64
+            let partners: Vec<Tensor> = logits.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, z)| z.shallow_clone()).collect();
+            dml_loss(&logits[i], &partners, y)
         })
         .collect()
 }
 
 impl Distiller for Dml {
     fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
-        if step.peers.is_empty() {
+        if step.partners.is_empty() {
             anyhow::bail!("dml needs at least one peer");
         }
-        let mut logits = vec![step.student.logits.shallow_clone()];
-        logits.extend(step.peers.iter().map(|p| p.logits.shallow_clone()));
-        let mut l = dml_losses(&logits, step.labels).into_iter();
-        let own = l.next().ok_or_else(|| anyhow::anyhow!("dml: no loss"))?;
-        let peers = l.reduce(|a, b| a + b).ok_or_else(|| anyhow::anyhow!("dml: no peer loss"))?;
-        Ok(vec![("dml", own), ("dml_peers", peers)])
+        let partners: Vec<Tensor> = step.partners.iter().map(|p| p.logits.shallow_clone()).collect();
+        Ok(vec![(self.term, dml_loss(&step.student.logits, &partners, step.labels))])
     }
 
     fn peer_lr(&self) -> Option<f64> {
         Some(self.peer_lr)
+    }
+
+    fn peer(&self, _k: usize) -> Option<Box<dyn Distiller>> {
+        Some(Box::new(Dml { peer_lr: self.peer_lr, term: "dml_peers" }))
     }
 }

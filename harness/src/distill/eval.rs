@@ -198,7 +198,7 @@ pub fn loss_eval(method: &str, arrays: &BTreeMap<String, Tensor>, params: &[Stri
     let step = Step {
         student: &s_out,
         teachers: &teachers,
-        peers: &peers,
+        partners: &peers,
         labels: &x.labels,
         soft_targets: soft.as_ref(),
         dense_argmax: x.dense.as_ref(),
@@ -210,8 +210,24 @@ pub fn loss_eval(method: &str, arrays: &BTreeMap<String, Tensor>, params: &[Stri
     // an error raised inside libtorch) is a problem with the arrays too, reported as such.
     let terms = quietly(|| -> anyhow::Result<Vec<(&'static str, f64)>> {
         distiller.init_modules(&tch::nn::VarStore::new(Device::Cpu).root(), &s_out, &teachers)?;
-        let terms = distiller.losses(&step)?;
-        terms.iter().map(|(name, t)| Ok((*name, t.f_double_value(&[])?))).collect()
+        let mut terms = distiller.losses(&step)?;
+        // An online method's peers, each with the method's loss for it, as the loop trains them.
+        let all: Vec<Output> = std::iter::once(s_out.detached()).chain(peers.iter().map(Output::detached)).collect();
+        for k in 0..peers.len() {
+            let mut d = distiller.peer(k).ok_or_else(|| anyhow::anyhow!("method {method} declares no loss for its peer {k}"))?;
+            let partners = crate::train::trainee::partners(&all, k + 1);
+            terms.extend(d.losses(&Step { student: &all[k + 1], partners: &partners, ..step })?);
+        }
+        // Terms of the same name (DML's peers) are summed, as the run's record sums them.
+        let mut summed: Vec<(&'static str, f64)> = vec![];
+        for (name, t) in &terms {
+            let v = t.f_double_value(&[])?;
+            match summed.iter_mut().find(|(n, _)| n == name) {
+                Some((_, s)) => *s += v,
+                None => summed.push((*name, v)),
+            }
+        }
+        Ok(summed)
     })
     .map_err(|m| bad(format!("method `{method}` cannot use these arrays: {m}")))?;
     let mut map = serde_json::Map::new();

@@ -35,13 +35,15 @@ use crate::models::Output;
 use crate::suite::ParamValue;
 
 /// One training step's outputs, handed to a method.
+#[derive(Clone, Copy)]
 pub struct Step<'a> {
     pub student: &'a Output,
     /// Teacher outputs (eval mode, no-grad), in the suite's order; empty for teacher-free methods.
     pub teachers: &'a [Output],
-    /// Online peers trained in the same step (train mode, with gradients): DML's cohort,
-    /// SwitOKD's and online BD-KD's teacher.
-    pub peers: &'a [Output],
+    /// The other networks an online method trains on the same batch, detached (the exchange):
+    /// for the run's network its peers in order; for peer k the run's network first, then the
+    /// other peers in order. Empty for every other method.
+    pub partners: &'a [Output],
     /// Hard labels (under mixup: the argmax of the mixed targets).
     pub labels: &'a Tensor,
     /// Mixed soft targets (N×C) when mixup is on.
@@ -59,7 +61,7 @@ pub struct Step<'a> {
 impl<'a> Step<'a> {
     /// A step with only logits-level inputs (no peers, mixup, votes, indices or smoothing).
     pub fn new(student: &'a Output, teachers: &'a [Output], labels: &'a Tensor, epoch: u32) -> Step<'a> {
-        Step { student, teachers, peers: &[], labels, soft_targets: None, dense_argmax: None, indices: None, label_smoothing: 0.0, epoch }
+        Step { student, teachers, partners: &[], labels, soft_targets: None, dense_argmax: None, indices: None, label_smoothing: 0.0, epoch }
     }
 
     /// The (first) teacher's outputs.
@@ -151,10 +153,13 @@ pub trait Distiller: Send {
         None
     }
 
-    /// Whether the peers are updated by this step (asked after [`Distiller::losses`]; SwitOKD's
-    /// expert mode pauses its teacher).
-    fn step_peers(&self) -> bool {
-        true
+    /// The loss of online peer `k` (a network of `peers = [..]`), as a distiller of its own: the
+    /// loop trains every peer like any network of a cohort (its forward on the shared batch,
+    /// this loss over its output and its partners' detached outputs, its own optimiser and
+    /// step). A peer whose loss returns no terms is not updated by that batch (SwitOKD's expert
+    /// mode). `None`: the method trains no peers.
+    fn peer(&self, _k: usize) -> Option<Box<dyn Distiller>> {
+        None
     }
 
     /// Per-epoch statistics to log (e.g. SwitOKD's mode fractions); read and reset at epoch end.

@@ -4,7 +4,8 @@
 //! outputs: `d_s = mean‖p_s − y‖₁`, `d_t = mean‖p_t − y‖₁`, gap `G = mean‖p_t − p_s‖₁`,
 //! `ε = exp(−d_t/(d_t + d_s))`, threshold `δ = d_s − ε·d_t`. Expert mode iff `G > δ` and
 //! `d_t < d_s`: the teacher is paused (its forward still ran in train mode); otherwise learning
-//! mode: both learn. Student: `CE + KL(p_t ‖ p_s)`; teacher: `CE + KL(p_s ‖ p_t)`.
+//! mode: both learn. The teacher is a peer network of the cohort with its own loss
+//! ([`SwitTeacher`]); both sides take the decision from the same detached outputs. Student: `CE + KL(p_t ‖ p_s)`; teacher: `CE + KL(p_s ‖ p_t)`.
 //! The fraction of expert batches and the mean distances are logged per epoch.
 
 use tch::{Kind, Tensor};
@@ -21,12 +22,11 @@ pub static INFO: MethodInfo = MethodInfo {
 };
 
 fn build(p: &Params) -> anyhow::Result<Box<dyn Distiller>> {
-    Ok(Box::new(SwitOkd { peer_lr: float(p, "peer_lr")?, expert: false, sums: [0.0; 5], batches: 0 }))
+    Ok(Box::new(SwitOkd { peer_lr: float(p, "peer_lr")?, sums: [0.0; 5], batches: 0 }))
 }
 
 struct SwitOkd {
     peer_lr: f64,
-    expert: bool,
     /// Running sums over the epoch: expert batches, d_s, d_t, G, δ.
     sums: [f64; 5],
     batches: usize,
@@ -57,29 +57,23 @@ pub fn decide(z_t: &Tensor, z_s: &Tensor, y: &Tensor) -> Decision {
 
 impl Distiller for SwitOkd {
     fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
-        let t = step.peers.first().ok_or_else(|| anyhow::anyhow!("switokd needs its teacher as a peer (peers = [model])"))?;
+        let t = step.partners.first().ok_or_else(|| anyhow::anyhow!("switokd needs its teacher as a peer (peers = [model])"))?;
         let (zs, zt) = (&step.student.logits, &t.logits);
         let dec = decide(zt, zs, step.labels);
-        self.expert = dec.expert;
         for (s, v) in self.sums.iter_mut().zip([dec.expert as u8 as f64, dec.d_s, dec.d_t, dec.gap, dec.delta]) {
             *s += v;
         }
         self.batches += 1;
-        let (ls, lt) = (zs.log_softmax(1, zs.kind()), zt.log_softmax(1, zt.kind()));
-        let mut terms = vec![("ce", hard_ce(zs, step.labels)), ("kl", kl_batchmean(&lt.detach(), &ls))];
-        if !dec.expert {
-            terms.push(("teacher_ce", hard_ce(zt, step.labels)));
-            terms.push(("teacher_kl", kl_batchmean(&ls.detach(), &lt)));
-        }
-        Ok(terms)
+        let lt = zt.detach().log_softmax(1, zt.kind());
+        Ok(vec![("ce", hard_ce(zs, step.labels)), ("kl", kl_batchmean(&lt, &zs.log_softmax(1, zs.kind())))])
     }
 
     fn peer_lr(&self) -> Option<f64> {
         Some(self.peer_lr)
     }
 
-    fn step_peers(&self) -> bool {
-        !self.expert
+    fn peer(&self, _k: usize) -> Option<Box<dyn Distiller>> {
+        Some(Box::new(SwitTeacher))
     }
 
     fn epoch_stats(&mut self) -> Vec<(&'static str, f64)> {
@@ -88,5 +82,21 @@ impl Distiller for SwitOkd {
         self.sums = [0.0; 5];
         self.batches = 0;
         vec![("expert_frac", s[0]), ("d_s", s[1]), ("d_t", s[2]), ("gap", s[3]), ("delta", s[4])]
+    }
+}
+
+/// The online teacher's side: the same decision from the same detached outputs; in learning mode
+/// `CE + KL(p_s ‖ p_t)`, in expert mode no terms (paused: no update from this batch).
+struct SwitTeacher;
+
+impl Distiller for SwitTeacher {
+    fn losses(&mut self, step: &Step<'_>) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+        let s = step.partners.first().ok_or_else(|| anyhow::anyhow!("switokd's teacher needs the student's outputs"))?;
+        let (zs, zt) = (&s.logits, &step.student.logits);
+        if decide(zt, zs, step.labels).expert {
+            return Ok(vec![]);
+        }
+        let ls = zs.detach().log_softmax(1, zs.kind());
+        Ok(vec![("teacher_ce", hard_ce(zt, step.labels)), ("teacher_kl", kl_batchmean(&ls, &zt.log_softmax(1, zt.kind())))])
     }
 }

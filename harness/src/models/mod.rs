@@ -34,6 +34,18 @@ pub struct Output {
     pub pooled: Tensor,
 }
 
+impl Output {
+    /// The same outputs cut from the graph (what a partner network sees).
+    pub fn detached(&self) -> Output {
+        Output {
+            logits: self.logits.detach(),
+            feats: self.feats.iter().map(Tensor::detach).collect(),
+            preact: self.preact.iter().map(Tensor::detach).collect(),
+            pooled: self.pooled.detach(),
+        }
+    }
+}
+
 /// A network. Training-mode BN when `train` is true.
 pub trait Model: Send {
     fn forward(&self, x: &Tensor, train: bool) -> Output;

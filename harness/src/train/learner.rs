@@ -10,7 +10,8 @@ use tch::{Device, Kind, Tensor, nn};
 
 use super::record::{EpochResult, EpochSums, History, images_per_s, pct};
 use super::resume::{self, Loaded, ResumeState, Stores};
-use super::precision::{Amp, LossScaler};
+use super::precision::Amp;
+use super::trainee::{self, Trainee};
 use super::{Net, Progress, Teacher, build, build_widths, dense_argmax, evaluate, prune, sgd, stream_seed, test_logits, widths_from_pruned};
 use crate::data::{Dataset, Mixup, site_seed};
 use crate::distill::{self, Distiller, Step, metrics};
@@ -78,16 +79,35 @@ pub struct Batch<'a> {
     pub teachers: &'a [Output],
 }
 
+impl<'a> Batch<'a> {
+    /// The method's view of this batch for one network of the run.
+    fn step(&self, student: &'a Output, partners: &'a [Output], votes: Option<&'a Tensor>, label_smoothing: f64, epoch: u32) -> Step<'a> {
+        Step {
+            student,
+            teachers: self.teachers,
+            partners,
+            labels: self.y,
+            soft_targets: self.soft,
+            dense_argmax: votes,
+            indices: Some(self.idx),
+            label_smoothing,
+            epoch,
+        }
+    }
+}
+
 pub struct Learner {
     pub spec: RunSpec,
     pub run: RunDir,
     pub caps: Caps,
     log: std::fs::File,
-    distiller: Box<dyn Distiller>,
-    net: Net,
-    peers: Vec<Net>,
+    /// The run's network with the method's loss, optimiser (network and the method's modules)
+    /// and loss scaler.
+    own: Trainee,
+    /// Online peers (DML, SwitOKD, BD-KD online), each trained like any network of a cohort with
+    /// the method's loss for it; filed with the run (`peer<k>_top1`, `peer<k>.safetensors`).
+    peers: Vec<Trainee>,
     aux: nn::VarStore,
-    opt: sgd::Sgd,
     masks: Option<prune::Masks>,
     widths: Option<Vec<i64>>,
     param_count: i64,
@@ -102,8 +122,6 @@ pub struct Learner {
     trace: Option<super::trace::Trace>,
     /// Autocast around the forward passes (`train.precision`); fp32 outputs for the losses.
     amp: Amp,
-    /// fp16's dynamic loss scaling (`None` in fp32/bf16).
-    scaler: Option<LossScaler>,
     /// Steps the scaler had skipped when the epoch began.
     skipped_before: u64,
 }
@@ -137,19 +155,24 @@ impl Learner {
             }
         }
         let param_count = models::param_count(&net.vs);
-        let opt = optimiser(&net, &aux, &peers, caps.peer_scale, &spec.train);
         let amp = Amp::new(device, spec.train.precision)?;
-        let scaler = amp.scaler();
+        let peers = peers
+            .into_iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let d = distiller.peer(k).with_context(|| format!("method {} declares no loss for its peer {k}", spec.method))?;
+                Ok(Trainee::new(p, d, &format!("peer{k}."), &[], caps.peer_scale, &amp, &spec.train))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let own = Trainee::new(net, distiller, "", &[("aux.", &aux)], 1.0, &amp, &spec.train);
         let mut l = Learner {
             spec: spec.clone(),
             run: run.clone(),
             caps,
             log,
-            distiller,
-            net,
+            own,
             peers,
             aux,
-            opt,
             masks,
             widths,
             param_count,
@@ -161,12 +184,11 @@ impl Learner {
             started,
             trace: None,
             amp,
-            scaler,
             skipped_before: 0,
         };
         l.resume(teachers)?;
         let moving = if l.caps.teacher_train { teachers } else { &[] };
-        l.trace = super::trace::Trace::start(&spec.id, l.first_epoch, &stores_of(&l.net, &l.aux, &l.peers, moving))?;
+        l.trace = super::trace::Trace::start(&spec.id, l.first_epoch, &stores_of(&l.own, &l.aux, &l.peers, moving))?;
         writeln!(l.log, "run {} — {} params, device {device:?}, epochs {}..={}", spec.id, l.param_count, l.first_epoch, spec.train.epochs)?;
         Ok(l)
     }
@@ -174,13 +196,23 @@ impl Learner {
     /// Continues from the saved state, if any. An unusable state (checked before anything is
     /// loaded) costs the progress, never correctness: the run starts over.
     fn resume(&mut self, teachers: &[Teacher]) -> anyhow::Result<()> {
-        let stores = stores_of(&self.net, &self.aux, &self.peers, if self.caps.teacher_train { teachers } else { &[] });
-        match resume::load(&self.run, &self.spec, &stores, &mut self.opt)? {
+        let moving = if self.caps.teacher_train { teachers } else { &[] };
+        // Each trainee lends its store to the state and its optimiser to the momentum buffers.
+        let (mut opts, mut peer_vs) = (vec![&mut self.own.opt], vec![]);
+        for p in self.peers.iter_mut() {
+            peer_vs.push(&p.net.vs);
+            opts.push(&mut p.opt);
+        }
+        let stores = named_stores(&self.own.net.vs, &self.aux, peer_vs, moving);
+        match resume::load(&self.run, &self.spec, &stores, &mut opts)? {
             Loaded::Resumed(st) => {
                 writeln!(self.log, "resuming run {} after epoch {}", self.spec.id, st.epoch)?;
                 self.first_epoch = st.epoch + 1;
                 self.history = st.history;
-                self.scaler = st.scaler.or(self.scaler.take());
+                self.own.scaler = st.scaler.or(self.own.scaler.take());
+                for (p, sc) in self.peers.iter_mut().zip(st.peer_scalers) {
+                    p.scaler = p.scaler.take().map(|_| sc);
+                }
             }
             Loaded::None => {}
             Loaded::Unusable(e) => {
@@ -193,55 +225,46 @@ impl Learner {
 
     /// Start of an epoch: the learning rate of the schedule, fresh sums.
     pub fn begin_epoch(&mut self, epoch: u32, device: Device) {
-        self.opt.lr = self.spec.train.lr_at(epoch);
-        self.skipped_before = self.scaler.as_ref().map_or(0, |s| s.skipped);
+        let lr = self.spec.train.lr_at(epoch);
+        for t in std::iter::once(&mut self.own).chain(self.peers.iter_mut()) {
+            t.opt.lr = lr;
+        }
+        self.skipped_before = self.own.scaler.as_ref().map_or(0, |s| s.skipped);
         self.sums = Some(EpochSums::new(device));
     }
 
-    /// One training step on a shared batch. `teachers`: the learner's own (for the trace of a
-    /// train-mode teacher's moving statistics).
+    /// One training step on a shared batch: every network of the run forwards, then each learns
+    /// from its own output and its partners' detached outputs (the run's network first, then each
+    /// online peer). `teachers`: the learner's own (for the trace of a train-mode teacher's moving
+    /// statistics).
     pub fn step(&mut self, b: &Batch<'_>, epoch: u32, teachers: &[Teacher]) -> anyhow::Result<()> {
         let t0 = Instant::now();
         // The method's own randomness (CRD's negatives, ...) from the run's method stream.
         tch::manual_seed(site_seed(stream_seed(self.spec.seed, "method", epoch), b.index));
-        let s_out = self.amp.forward(self.net.model.as_ref(), b.x, true)?;
-        let p_out: Vec<Output> = self.peers.iter().map(|p| self.amp.forward(p.model.as_ref(), b.x, true)).collect::<anyhow::Result<_>>()?;
+        let outs: Vec<Output> = std::iter::once(&self.own).chain(&self.peers).map(|t| t.forward(&self.amp, b.x)).collect::<anyhow::Result<_>>()?;
         let votes = match self.caps.dense {
-            Some(up) => Some(dense_argmax(self.net.model.as_ref(), &s_out, up)?),
+            Some(up) => Some(dense_argmax(self.own.net.model.as_ref(), &outs[0], up)?),
             None => None,
         };
-        let step = Step {
-            student: &s_out,
-            teachers: b.teachers,
-            peers: &p_out,
-            labels: b.y,
-            soft_targets: b.soft,
-            dense_argmax: votes.as_ref(),
-            indices: Some(b.idx),
-            label_smoothing: self.spec.train.label_smoothing,
-            epoch,
-        };
-        let terms = self.distiller.losses(&step)?;
-        let total = terms.iter().map(|(_, t)| t.shallow_clone()).reduce(|a, t| a + t).with_context(|| format!("method {} returned no loss terms", self.spec.method))?;
-        let step_peers = self.distiller.step_peers();
-        for g in 2..2 + self.peers.len() {
-            self.opt.set_active(g, step_peers);
-        }
-        match self.scaler.as_mut() {
-            Some(sc) => {
-                sc.backward_step(&mut self.opt, &total)?;
+        let sums = self.sums.as_mut().context("step outside an epoch")?;
+        let eps = self.spec.train.label_smoothing;
+        let partners = trainee::partners(&outs, 0);
+        let (terms, total) = self
+            .own
+            .learn(&b.step(&outs[0], &partners, votes.as_ref(), eps, epoch), self.masks.as_ref())?
+            .with_context(|| format!("method {} returned no loss terms", self.spec.method))?;
+        sums.add(&terms, &total, &outs[0].logits, b.y);
+        for (k, p) in self.peers.iter_mut().enumerate() {
+            let partners = trainee::partners(&outs, k + 1);
+            if let Some((terms, total)) = p.learn(&b.step(&outs[k + 1], &partners, None, eps, epoch), None)? {
+                sums.add_partner(&terms, &total, b.y);
             }
-            None => self.opt.backward_step(&total)?,
-        }
-        if let Some(m) = &self.masks {
-            self.opt.apply_masks(m)?;
         }
         if let Some(t) = &mut self.trace {
             let moving = if self.caps.teacher_train { teachers } else { &[] };
-            t.step(epoch, self.opt.lr, b.x, b.y, b.idx, &terms, &stores_of(&self.net, &self.aux, &self.peers, moving), &self.opt)?;
+            let opts: Vec<&sgd::Sgd> = std::iter::once(&self.own).chain(&self.peers).map(|t| &t.opt).collect();
+            t.step(epoch, self.own.opt.lr, b.x, b.y, b.idx, &terms, &stores_of(&self.own, &self.aux, &self.peers, moving), &opts)?;
         }
-        let sums = self.sums.as_mut().context("step outside an epoch")?;
-        sums.add(&terms, &total, &s_out.logits, b.y);
         sums.seconds += t0.elapsed().as_secs_f64();
         Ok(())
     }
@@ -263,7 +286,7 @@ impl Learner {
             writeln!(self.log, "epoch {epoch}: training loss is {train_loss}; stopping")?;
             return Err(super::Diverged { epoch, loss: train_loss }.into());
         }
-        let logits = test_logits(self.net.model.as_ref(), data)?;
+        let logits = test_logits(self.own.net.model.as_ref(), data)?;
         let test = evaluate(&logits, &data.test_y);
         let epochs = self.spec.train.epochs;
         if epoch == epochs {
@@ -276,9 +299,9 @@ impl Learner {
         };
         // Online peers are evaluated like the network itself; method statistics are logged too.
         self.peers_last =
-            self.peers.iter().map(|p| Ok(evaluate(&test_logits(p.model.as_ref(), data)?, &data.test_y).top1)).collect::<anyhow::Result<_>>()?;
-        let stats = self.distiller.epoch_stats();
-        let lr = self.opt.lr;
+            self.peers.iter().map(|p| Ok(evaluate(&test_logits(p.net.model.as_ref(), data)?, &data.test_y).top1)).collect::<anyhow::Result<_>>()?;
+        let stats = self.own.distiller.epoch_stats();
+        let lr = self.own.opt.lr;
         self.history.record(&EpochResult {
             epoch,
             lr,
@@ -292,15 +315,23 @@ impl Learner {
             seen: sums.seen,
             peer_top1: &self.peers_last,
             stats: &stats,
-            skipped_steps: self.scaler.as_ref().map(|s| s.skipped - self.skipped_before),
+            skipped_steps: self.own.scaler.as_ref().map(|s| s.skipped - self.skipped_before),
         });
         self.history.write_csv(&self.run)?;
         if epoch < epochs {
             let mut history = self.history.clone();
             history.elapsed += self.started.elapsed().as_secs_f64();
-            let st = ResumeState { id: self.spec.id.clone(), epoch, file: format!("resume-e{epoch}.safetensors"), history, scaler: self.scaler.clone() };
+            let st = ResumeState {
+                id: self.spec.id.clone(),
+                epoch,
+                file: format!("resume-e{epoch}.safetensors"),
+                history,
+                scaler: self.own.scaler.clone(),
+                peer_scalers: self.peers.iter().filter_map(|p| p.scaler.clone()).collect(),
+            };
             let moving = if self.caps.teacher_train { teachers } else { &[] };
-            resume::save(&self.run, &stores_of(&self.net, &self.aux, &self.peers, moving), &self.opt, &st)?;
+            let opts: Vec<&sgd::Sgd> = std::iter::once(&self.own).chain(&self.peers).map(|t| &t.opt).collect();
+            resume::save(&self.run, &stores_of(&self.own, &self.aux, &self.peers, moving), &opts, &st)?;
         }
         writeln!(
             self.log,
@@ -316,11 +347,11 @@ impl Learner {
         let run = &self.run;
         let spec = &self.spec;
         if spec.save_model || spec.prune.is_some() {
-            models::checkpoint::save_atomic(&self.net.vs, &run.model())?;
+            models::checkpoint::save_atomic(&self.own.net.vs, &run.model())?;
         }
         if spec.save_model {
             for (k, p) in self.peers.iter().enumerate() {
-                models::checkpoint::save_atomic(&p.vs, &run.path.join(format!("peer{k}.safetensors")))?;
+                models::checkpoint::save_atomic(&p.net.vs, &run.path.join(format!("peer{k}.safetensors")))?;
             }
         }
         let pruned = match &spec.prune {
@@ -358,9 +389,14 @@ impl Learner {
 
 /// The stores a run's state holds, with their name prefixes. Teachers are included only when they
 /// run in train mode (SOKD): their BN statistics then move.
-fn stores_of<'a>(net: &'a Net, aux: &'a nn::VarStore, peers: &'a [Net], moving_teachers: &'a [Teacher]) -> Stores<'a> {
-    let mut v = vec![("model.".to_string(), &net.vs), ("aux.".to_string(), aux)];
-    v.extend(peers.iter().enumerate().map(|(k, p)| (format!("peer{k}."), &p.vs)));
+fn stores_of<'a>(own: &'a Trainee, aux: &'a nn::VarStore, peers: &'a [Trainee], moving_teachers: &'a [Teacher]) -> Stores<'a> {
+    named_stores(&own.net.vs, aux, peers.iter().map(|p| &p.net.vs).collect(), moving_teachers)
+}
+
+/// [`stores_of`] from the stores themselves.
+fn named_stores<'a>(net: &'a nn::VarStore, aux: &'a nn::VarStore, peers: Vec<&'a nn::VarStore>, moving_teachers: &'a [Teacher]) -> Stores<'a> {
+    let mut v = vec![("model.".to_string(), net), ("aux.".to_string(), aux)];
+    v.extend(peers.into_iter().enumerate().map(|(k, p)| (format!("peer{k}."), p)));
     v.extend(moving_teachers.iter().enumerate().map(|(k, t)| (format!("teacher{k}."), &t.net.vs)));
     v
 }
@@ -398,15 +434,6 @@ fn init_modules(d: &mut dyn Distiller, spec: &RunSpec, data: &Dataset, net: &Net
     let tnames: Vec<String> = spec.teachers.iter().map(|t| t.model().to_string()).collect();
     d.set_models(&spec.model, &tnames, ModelCfg { in_channels: data.info.shape.0, num_classes: data.info.classes });
     d.init_modules(&aux.root(), &s, &t)
-}
-
-/// One SGD over the network (group 0), the method's modules (group 1) and the online peers
-/// (groups 2.., at `peer_scale` times the lr).
-fn optimiser(net: &Net, aux: &nn::VarStore, peers: &[Net], peer_scale: f64, r: &crate::suite::Recipe) -> sgd::Sgd {
-    let prefixes: Vec<String> = (0..peers.len()).map(|k| format!("peer{k}.")).collect();
-    let mut stores: Vec<(&str, &nn::VarStore, f64)> = vec![("", &net.vs, 1.0), ("aux.", aux, 1.0)];
-    stores.extend(peers.iter().zip(&prefixes).map(|(p, pre)| (pre.as_str(), &p.vs, peer_scale)));
-    sgd::Sgd::over(&stores, r.lr, r.momentum, r.weight_decay, r.nesterov)
 }
 
 /// Sparsity of a pruning stage, measured from the saved weights, never taken from the request.

@@ -24,6 +24,7 @@ pub mod resume;
 pub mod sgd;
 pub mod stage;
 pub mod trace;
+pub mod trainee;
 
 use std::path::PathBuf;
 

@@ -45,6 +45,25 @@ impl EpochSums {
         self.seen += bs;
     }
 
+    /// Adds the loss terms of an online peer's update to the run's record: its terms by name
+    /// (after the run's network's; a term a peer has not produced yet joins at its first
+    /// update) and its total into the run's training loss.
+    pub fn add_partner(&mut self, terms: &[(&'static str, Tensor)], total: &Tensor, y: &Tensor) {
+        let bs = y.size()[0] as f64;
+        for (name, t) in terms {
+            let i = match self.names.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    self.names.push(name);
+                    self.terms.push(Tensor::zeros([], (Kind::Float, self.total.device())));
+                    self.names.len() - 1
+                }
+            };
+            self.terms[i] += t.detach().to_kind(Kind::Float) * bs;
+        }
+        self.total += total.detach().to_kind(Kind::Float) * bs;
+    }
+
     /// (mean total loss, mean of each term, training top-1): the epoch's one host sync.
     pub fn means(&self) -> (f64, Vec<(&'static str, f64)>, f64) {
         let n = self.seen.max(1) as f64;
@@ -142,7 +161,10 @@ impl History {
         // Accuracies and ECE in percent in the file (results schema 2), fractions in memory.
         let opt = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
         let mut row = vec![e.epoch.to_string(), format!("{}", e.lr), format!("{}", e.train_loss)];
-        row.extend(e.terms.iter().map(|(_, v)| format!("{v}")));
+        // Terms by the header's names (fixed by the first epoch): a term absent from an epoch (a
+        // paused peer) is 0 there, never a shifted column.
+        let names = self.header.iter().skip(3).take_while(|h| *h != "train_top1").map(|h| h.trim_start_matches("train_"));
+        row.extend(names.map(|n| e.terms.iter().find(|(t, _)| *t == n).map_or(0.0, |(_, v)| *v)).map(|v| format!("{v}")));
         row.extend([
             format!("{}", pct(e.train_top1)),
             format!("{}", t.loss),

@@ -28,6 +28,9 @@ pub struct ResumeState {
     /// fp16's loss scale and counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaler: Option<super::precision::LossScaler>,
+    /// fp16: each online peer's loss scaler, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_scalers: Vec<super::precision::LossScaler>,
 }
 
 /// Path of the resume state in a run directory.
@@ -63,15 +66,15 @@ pub enum Loaded {
     Unusable(anyhow::Error),
 }
 
-/// Loads the state if there is one into `stores` and `opt`, after checking it against the run's
+/// Loads the state if there is one into `stores` and the optimisers' momentum, after checking it against the run's
 /// spec ([`crate::store::verify::resume_state`]: id, epoch inside the run, one row per epoch) and
 /// every tensor. `Err` only when copying failed after every check passed (the stores are then
 /// half-loaded and must not be trained).
-pub fn load(run: &RunDir, spec: &RunSpec, stores: &Stores<'_>, opt: &mut Sgd) -> anyhow::Result<Loaded> {
+pub fn load(run: &RunDir, spec: &RunSpec, stores: &Stores<'_>, opts: &mut [&mut Sgd]) -> anyhow::Result<Loaded> {
     if !resume_json(run).is_file() {
         return Ok(Loaded::None);
     }
-    let (st, tensors) = match check(run, spec, stores, opt) {
+    let (st, tensors) = match check(run, spec, stores, opts) {
         Ok(v) => v,
         Err(e) => return Ok(Loaded::Unusable(e)),
     };
@@ -84,14 +87,14 @@ pub fn load(run: &RunDir, spec: &RunSpec, stores: &Stores<'_>, opt: &mut Sgd) ->
                 v.f_copy_(&tensors[&format!("{prefix}{name}")].f_to_device(v.device())?)?;
             }
         }
-        opt.load_state(&tensors)
+        opts.iter_mut().try_for_each(|o| o.load_state(&tensors))
     })
     .map_err(|e| anyhow::anyhow!("loading {} failed half-way: {e:#}", file.display()))?;
     Ok(Loaded::Resumed(st))
 }
 
 /// Reads and checks everything a resume needs, changing nothing.
-fn check(run: &RunDir, spec: &RunSpec, stores: &Stores<'_>, opt: &Sgd) -> anyhow::Result<(ResumeState, BTreeMap<String, Tensor>)> {
+fn check(run: &RunDir, spec: &RunSpec, stores: &Stores<'_>, opts: &[&mut Sgd]) -> anyhow::Result<(ResumeState, BTreeMap<String, Tensor>)> {
     let p = resume_json(run);
     // id, epoch (1..epochs-1) and rows agree with the config.
     crate::store::verify::resume_state(&p, spec).map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -108,15 +111,17 @@ fn check(run: &RunDir, spec: &RunSpec, stores: &Stores<'_>, opt: &Sgd) -> anyhow
             }
         }
     }
-    opt.check_state(&tensors).with_context(|| format!("{}: momentum buffers", file.display()))?;
+    for o in opts {
+        o.check_state(&tensors).with_context(|| format!("{}: momentum buffers", file.display()))?;
+    }
     Ok((st, tensors))
 }
 
 /// Writes the state after a completed epoch.
-pub fn save(run: &RunDir, stores: &Stores<'_>, opt: &Sgd, st: &ResumeState) -> anyhow::Result<()> {
+pub fn save(run: &RunDir, stores: &Stores<'_>, opts: &[&Sgd], st: &ResumeState) -> anyhow::Result<()> {
     let mut named: Vec<(String, Tensor)> =
         stores.iter().flat_map(|(p, vs)| vs.variables().into_iter().map(move |(n, t)| (format!("{p}{n}"), t.contiguous()))).collect();
-    named.extend(opt.state().into_iter().map(|(n, t)| (n, t.contiguous())));
+    named.extend(opts.iter().flat_map(|o| o.state()).map(|(n, t)| (n, t.contiguous())));
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let tmp = run.path.join(format!(".{}.tmp.safetensors", st.file));
     Tensor::write_safetensors(&named, &tmp).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;

@@ -2,7 +2,7 @@
 //! (`torch.optim.SGD`): `g ← ∇ + wd·p; buf ← μ·buf + g (buf₀ = g); d ← g + μ·buf if nesterov else buf;
 //! p ← p − lr·d`. Owned here rather than libtorch's optimiser because per-epoch resume needs the
 //! momentum buffers, which tch's optimiser cannot export. Parameters come in groups (the model,
-//! a method's modules, online peers), each with its own lr scale and an on/off switch per step.
+//! a method's modules), each with its own lr scale.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +16,6 @@ pub struct Sgd {
     /// Base learning rate (the schedule's value for the epoch).
     pub lr: f64,
     scales: Vec<f64>,
-    active: Vec<bool>,
     momentum: f64,
     wd: f64,
     nesterov: bool,
@@ -36,14 +35,7 @@ impl Sgd {
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let bufs = params.iter().map(|_| None).collect();
-        Sgd { params, bufs, lr, scales: stores.iter().map(|s| s.2).collect(), active: vec![true; stores.len()], momentum, wd, nesterov }
-    }
-
-    /// Whether group `g` is updated by the next steps.
-    pub fn set_active(&mut self, g: usize, on: bool) {
-        if let Some(a) = self.active.get_mut(g) {
-            *a = on;
-        }
+        Sgd { params, bufs, lr, scales: stores.iter().map(|s| s.2).collect(), momentum, wd, nesterov }
     }
 
     pub fn zero_grad(&mut self) {
@@ -52,13 +44,13 @@ impl Sgd {
         }
     }
 
-    /// The defined gradients of the active groups (what [`Sgd::step`] would apply); shallow
+    /// The defined gradients (what [`Sgd::step`] would apply); shallow
     /// clones, so in-place changes (loss-scale unscaling) reach the parameters' gradients.
     pub fn grads(&self) -> Vec<Tensor> {
-        self.params.iter().filter(|(_, _, g)| self.active[*g]).map(|(_, p, _)| p.grad()).filter(|g| g.defined()).collect()
+        self.params.iter().map(|(_, p, _)| p.grad()).filter(|g| g.defined()).collect()
     }
 
-    /// Backpropagates `loss` and applies one update to the active groups.
+    /// Backpropagates `loss` and applies one update.
     pub fn backward_step(&mut self, loss: &Tensor) -> anyhow::Result<()> {
         self.zero_grad();
         loss.f_backward()?;
@@ -69,9 +61,6 @@ impl Sgd {
     pub fn step(&mut self) -> anyhow::Result<()> {
         tch::no_grad(|| {
             for (i, (name, p, g)) in self.params.iter_mut().enumerate() {
-                if !self.active[*g] {
-                    continue;
-                }
                 let grad = p.grad();
                 if !grad.defined() {
                     continue;

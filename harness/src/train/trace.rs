@@ -98,7 +98,7 @@ impl Trace {
         idx: &Tensor,
         terms: &[(&str, Tensor)],
         stores: &[(String, &nn::VarStore)],
-        opt: &super::sgd::Sgd,
+        opts: &[&super::sgd::Sgd],
     ) -> anyhow::Result<()> {
         self.step += 1;
         let mut named = vec![
@@ -111,7 +111,7 @@ impl Trace {
         named.extend(terms.iter().map(|(n, t)| (format!("loss.{n}"), t.detach().to_kind(Kind::Float).reshape([1]))));
         named.extend(draws().into_iter().map(|(n, t)| (format!("draw.{n}"), t)));
         named.extend(variables(stores));
-        named.extend(opt.state());
+        named.extend(opts.iter().flat_map(|o| o.state()));
         write(self.dir.join(format!("step-{:06}.safetensors", self.step)), named)
     }
 }
