@@ -341,7 +341,16 @@ fn a_tiny_imagenet_run_trains_and_exports_for_pytorch() {
     let m = (harness::models::find("cnn_tiny").unwrap().build)(&vs.root(), harness::models::ModelCfg { in_channels: 3, num_classes: 200 });
     harness::models::checkpoint::load_strict(&mut vs, &out, "cnn_tiny").unwrap();
 
-    // Errors: an unfinished run, and a directory that is not a run.
+    // Errors: damaged results (an impossible accuracy in the summary), an unfinished run, and a
+    // directory that is not a run.
+    let good = std::fs::read_to_string(teacher.join("summary.json")).unwrap();
+    let mut bad: serde_json::Value = serde_json::from_str(&good).unwrap();
+    bad["best_top1"] = serde_json::json!(250.0);
+    std::fs::write(teacher.join("summary.json"), bad.to_string()).unwrap();
+    let o = harness(&["export", teacher.to_str().unwrap(), "--out", out.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("damaged") && text(&o).contains("summary.json"), "{}", text(&o));
+    std::fs::write(teacher.join("summary.json"), good).unwrap();
     std::fs::rename(teacher.join("summary.json"), teacher.join("summary.bak")).unwrap();
     let o = harness(&["export", teacher.to_str().unwrap(), "--out", out.to_str().unwrap()], dir.path());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));

@@ -151,7 +151,7 @@ pair = [
   { teacher = "t", student = "cnn_tiny", method = "kd" },
   { teacher = "t_prue", student = "cnn_tiny", method = "kd" },
   { teacher = "t_prue", student = "cnn_tiny", method = "kd", "teacher.prune.sparsity" = 0.7 },
-  { teacher = "t_mag", student = "cnn_small", method = "kd", student_from_teacher = true },
+  { teacher = "t_mag", student = "cnn_small", method = "kd", student_from_teacher = true, save_model = true },
 ]
 "#;
 
@@ -236,6 +236,16 @@ fn pruned_teacher_pipelines_end_to_end() {
                 assert_eq!(got, want);
                 assert!(got.iter().zip([32, 64, 128]).all(|(g, d)| *g < d), "{got:?}");
                 assert!(ss["param_count"].as_i64().unwrap() < ts["param_count"].as_i64().unwrap());
+                // `export` builds the student at the widths its summary records.
+                let sdir = rd.join(s["id"].as_str().unwrap());
+                let out = dir.path().join("formed.safetensors");
+                let o = harness(&["export", sdir.to_str().unwrap(), "--out", out.to_str().unwrap()], dir.path());
+                assert!(o.status.success() && text(&o).contains("exported cnn_small"), "{}", text(&o));
+                let (saved, exported) = (tensors(&sdir.join("model.safetensors")), tensors(&out));
+                assert_eq!(saved.keys().collect::<Vec<_>>(), exported.keys().collect::<Vec<_>>());
+                for (n, w) in &saved {
+                    assert!(w.to_kind(Kind::Float).equal(&exported[n]), "{n} differs in the export");
+                }
             }
             other => panic!("unexpected pruning method {other}"),
         }

@@ -268,10 +268,16 @@ fn damaged_runs_are_reported_never_counted_and_retrained_after_moving_aside() {
     assert!(text(&o).contains("warning: damaged run"), "{}", text(&o));
     let index = std::fs::read_to_string(p.join("reports/v1/index.md")).unwrap();
     assert!(index.contains("Damaged runs (2)") && index.contains(bad_kd) && index.contains(bad_ce), "{index}");
+    let mut tables = String::new();
     for e in std::fs::read_dir(p.join("reports/v1/tables")).unwrap() {
         let t = std::fs::read_to_string(e.unwrap().path()).unwrap();
         assert!(!t.contains("750"), "{t}");
+        tables.push_str(&t);
     }
+    // ...and the tables say how many runs of a cell were left out as damaged.
+    assert!(tables.contains("[1 damaged]"), "{tables}");
+    let groups = std::fs::read_to_string(p.join("reports/v1/tables/groups.csv")).unwrap();
+    assert!(groups.lines().next().unwrap().contains("damaged"), "{groups}");
     // From the results folder the foreign config cannot say which run it is: listed apart.
     let o = harness(&["report", "results/v1", "--out", "reports2", "--no-plots"], p);
     assert!(o.status.success(), "{}", text(&o));

@@ -169,18 +169,34 @@ pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<Exported> {
     if !run.is_finished() {
         crate::input_bail!("{}: the run has not finished (no summary.json); export needs its final weights", run_dir.display());
     }
+    let spec = run.read_spec()?;
+    // The results are verified as `status` and `report` verify them: a damaged run is not exported.
+    let summary = match crate::store::verify::check(&run, &spec) {
+        crate::store::verify::Health::Finished(s) => s,
+        crate::store::verify::Health::Damaged(d) => {
+            crate::input_bail!("{}: the run's results are damaged ({d}); `harness run --retrain-damaged` retrains it", run_dir.display())
+        }
+        crate::store::verify::Health::Unfinished { .. } => {
+            crate::input_bail!("{}: the run has not finished; export needs its final weights", run_dir.display())
+        }
+    };
     if !run.model().is_file() {
         crate::input_bail!(
             "{}: the run saved no weights (no model.safetensors); students keep theirs with `save_model = true` in the suite",
             run_dir.display()
         );
     }
-    let spec = run.read_spec()?;
     let entry = super::find(&spec.model).ok_or_else(|| InputError::new(format!("{}: unknown model `{}` in config.json", run_dir.display(), spec.model)))?;
     let info = crate::data::info(&spec.dataset.name)
         .ok_or_else(|| InputError::new(format!("{}: unknown dataset `{}` in config.json", run_dir.display(), spec.dataset.name)))?;
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
-    let _m = (entry.build)(&vs.root(), super::ModelCfg { in_channels: info.shape.0, num_classes: info.classes });
+    let cfg = super::ModelCfg { in_channels: info.shape.0, num_classes: info.classes };
+    // A student formed from its pruned teacher has the widths its summary records.
+    let _m = match &summary.student_widths {
+        Some(w) => super::build_with_widths(&spec.model, &vs.root(), cfg, w)
+            .ok_or_else(|| InputError::new(format!("{}: model `{}` has no width plan for {} widths", run_dir.display(), spec.model, w.len())))?,
+        None => (entry.build)(&vs.root(), cfg),
+    };
     load_strict(&mut vs, &run.model(), &spec.model)?;
     vs.float();
     if out.extension().and_then(|e| e.to_str()) != Some("safetensors") {

@@ -232,7 +232,7 @@ pub fn main(r: &Report, o: &Options, expected: &[Expected]) -> anyhow::Result<Ta
         }
     }
     let metric = o.metric.column();
-    let n_max = students.iter().map(|g| g.n_done + g.n_failed).max().unwrap_or(0);
+    let n_max = students.iter().map(|g| g.n_done + g.n_failed + g.n_damaged).max().unwrap_or(0);
     let mut body: Vec<Vec<TCell>> = Vec::new();
     let mut marked = false;
     if by_pair && students.iter().any(|g| !r.head(g).spec.teachers.is_empty()) {
@@ -265,6 +265,7 @@ pub fn main(r: &Report, o: &Options, expected: &[Expected]) -> anyhow::Result<Ta
             let mut cell = match g.stats.get(metric) {
                 Some(s) => TCell { text: pm(s.mean, s.std), mean: Some(s.mean), std: s.std, n: Some(s.n), bold: false },
                 None if g.n_failed > 0 => TCell::text("failed"),
+                None if g.n_damaged > 0 => TCell::text("damaged"),
                 None => TCell::text("pending"),
             };
             if g.stats.contains_key(metric) && g.n_done < n_max {
@@ -272,6 +273,10 @@ pub fn main(r: &Report, o: &Options, expected: &[Expected]) -> anyhow::Result<Ta
             }
             if g.n_failed > 0 && g.stats.contains_key(metric) {
                 cell.text.push_str(&format!(" [{} failed]", g.n_failed));
+            }
+            // Damaged runs are never aggregated; the cell says how many were left out.
+            if g.n_damaged > 0 && g.stats.contains_key(metric) {
+                cell.text.push_str(&format!(" [{} damaged]", g.n_damaged));
             }
             if let Some((e, ours)) = expected_for(r, g, expected) {
                 let d = ours - e.top1;
@@ -324,7 +329,7 @@ fn expected_for<'a>(r: &Report, g: &Group, expected: &'a [Expected]) -> Option<(
 /// Every group with every aggregate: n, best and last top-1 with 95% CI, top-5, ECE,
 /// agreement, predictive KL, wall time.
 pub fn groups(r: &Report) -> Table {
-    let header = ["group", "run", "n", "failed", "best top-1", "±95% CI", "last top-1", "±95% CI", "top-5", "ECE %", "agreement %", "pred-KL", "wall s"];
+    let header = ["group", "run", "n", "failed", "damaged", "best top-1", "±95% CI", "last top-1", "±95% CI", "top-5", "ECE %", "agreement %", "pred-KL", "wall s"];
     let mut rows = Vec::new();
     for g in &r.groups {
         let num =
@@ -345,6 +350,7 @@ pub fn groups(r: &Report) -> Table {
             TCell::text(r.label(g)),
             TCell::text(g.n_done.to_string()),
             TCell::text(g.n_failed.to_string()),
+            TCell::text(g.n_damaged.to_string()),
             num("best_top1"),
             ci("best_top1"),
             num("last_top1"),
