@@ -302,3 +302,54 @@ fn dag_levels_follow_teacher_chains_and_skip_finished_runs() {
         vec![("cnn_small ce".to_string(), None), ("cnn_tiny kd".to_string(), Some(0)), ("mlp ce".to_string(), Some(0)), ("mlp kd".to_string(), Some(1))]
     );
 }
+
+/// The teacher gate under Slurm: the student's task compares its finished teacher with the
+/// suite's published value when it starts and records the student as skipped with both numbers;
+/// `--force` submits without the gate and the student trains.
+#[test]
+fn a_trained_teacher_outside_its_published_value_skips_its_students_under_slurm() {
+    if !cluster_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let g = write(
+        dir,
+        "g.toml",
+        r#"
+[suite]
+name = "g"
+dataset = "digits"
+[train]
+epochs = 1
+batch_size = 128
+milestones = []
+[teachers.t]
+model = "cnn_tiny"
+[grid]
+pair = [{ teacher = "t", student = "mlp" }]
+method = ["kd"]
+[[expected]]
+student = "cnn_tiny"
+method = "ce"
+top1 = 99.9
+metric = "last"
+source = "a test"
+[report]
+expected_tolerance = 0.05
+"#,
+    );
+    let _cleanup = CancelOnDrop(dir, vec![g.clone()]);
+    let runs = ids(dir, &g);
+    let student = runs.iter().find(|r| r.1 == "student").unwrap().0.clone();
+    let o = harness(&["run", &g, "--results", "r", "--executor", "slurm", "--threads", "1", "--wait"], dir);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("expected 99.90 ± 0.05 ([[expected]])"), "{t}");
+    assert!(!dir.join("r/g/runs").join(&student).join("summary.json").exists(), "the student must not train");
+    let line = status_line(dir, &g, "r", &student);
+    assert!(line.contains("skipped") && line.contains("99.90"), "{line}");
+    let o = harness(&["run", &g, "--results", "r", "--executor", "slurm", "--threads", "1", "--wait", "--force"], dir);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.join("r/g/runs").join(&student).join("summary.json").exists());
+}

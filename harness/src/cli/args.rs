@@ -339,4 +339,8 @@ pub struct ExecArgs {
     /// Intra-op threads for this run.
     #[arg(long)]
     pub threads: Option<i32>,
+    /// The teacher gate (`teachers/gate.json` written by `run --executor slurm`): students of a
+    /// trained teacher outside its published value are recorded as skipped, not trained.
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
 }

@@ -134,7 +134,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                 tch::set_num_threads(t);
             }
             let device = env::parse_device(&a.device)?;
-            sched::exec(&a.run_dirs, &a.data_dir, device)
+            sched::exec(&a.run_dirs, &a.data_dir, device, a.gate.as_deref())
         }
     }
 }

@@ -16,7 +16,7 @@ pub(super) fn run(a: RunArgs) -> anyhow::Result<i32> {
     let gated = if a.dry_run { Vec::new() } else { gate_checkpoint_teachers(&a, &plan, &gate, &data_dir)? };
     if a.executor == Executor::Slurm {
         let plan = sched::gate::without(&plan, &gated);
-        return run_slurm(&a, &suite, &plan, &data_dir);
+        return run_slurm(&a, &suite, &plan, &data_dir, (!a.force && gate.any()).then_some(gate.as_ref()));
     }
     if let Some(flag) = a.slurm.first_given() {
         crate::input_bail!("{flag} applies to --executor slurm only (this run uses the local executor)");
@@ -62,7 +62,7 @@ pub(super) fn gate_checkpoint_teachers(a: &RunArgs, plan: &Plan, gate: &sched::g
 
 /// Submits the suite to Slurm; with `--wait`, stays until its tasks have left the queue and
 /// reports like the local executor.
-pub(super) fn run_slurm(a: &RunArgs, suite: &Suite, plan: &Plan, data_dir: &Path) -> anyhow::Result<i32> {
+pub(super) fn run_slurm(a: &RunArgs, suite: &Suite, plan: &Plan, data_dir: &Path, gate: Option<&sched::gate::Gate>) -> anyhow::Result<i32> {
     for (given, flag, instead) in [
         (a.devices.is_some(), "--devices", "--gres gpu:1"),
         (a.jobs != 1, "--jobs", "--array-limit"),
@@ -78,7 +78,13 @@ pub(super) fn run_slurm(a: &RunArgs, suite: &Suite, plan: &Plan, data_dir: &Path
         .check()
         .map_err(|(k, m)| crate::error::InputError::new(format!("--{}: {m}", if k == "sbatch_args" { "sbatch-arg".into() } else { k.replace('_', "-") })))?;
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
+    // Students of suite-trained teachers are gated by their own task, when the teacher finished.
+    let gate = match gate {
+        Some(g) => Some(absolute(&g.save(&a.results, &plan.suite)?)?),
+        None => None,
+    };
     let submit = sched::slurm::Submit {
+        gate,
         results: absolute(&a.results)?,
         data_dir: absolute(data_dir)?,
         threads: a.threads,
@@ -107,6 +113,11 @@ pub(super) fn run_slurm(a: &RunArgs, suite: &Suite, plan: &Plan, data_dir: &Path
     let outcomes: Vec<Outcome> = (0..plan.runs.len())
         .map(|i| {
             let (state, detail) = sched::state_of(plan, &a.results, i);
+            if state != "done" {
+                // As the local executor says it: the run and why (the gate's numbers, an error).
+                let r = &plan.runs[i].spec;
+                println!("{:<5} {} {}: {detail}", if state == "skipped" { "skip" } else { state.as_str() }, r.id, r.label());
+            }
             match state.as_str() {
                 "done" if finished_before[i] => Outcome::Cached,
                 "done" => Outcome::Finished,

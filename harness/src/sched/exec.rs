@@ -13,7 +13,8 @@ use crate::store::{Lock, RunDir};
 /// `@locked <id>`) for the parent; each member that fails gets its `status.json`. Returns the exit
 /// status: 0 when every member finished, else that of the first member that did not (2 bad input,
 /// [`EXIT_LOCKED`], [`EXIT_DIVERGED`], 1 failed).
-pub fn exec(dirs: &[PathBuf], data_dir: &Path, device: tch::Device) -> anyhow::Result<i32> {
+pub fn exec(dirs: &[PathBuf], data_dir: &Path, device: tch::Device, gate: Option<&Path>) -> anyhow::Result<i32> {
+    let gate = gate.map(super::gate::Gate::load).transpose()?;
     let mut members = Vec::new();
     let mut locks = Vec::new();
     let mut code = 0;
@@ -26,6 +27,10 @@ pub fn exec(dirs: &[PathBuf], data_dir: &Path, device: tch::Device) -> anyhow::R
             continue;
         };
         if run.is_finished() {
+            continue;
+        }
+        if let Some(reason) = gate.as_ref().map(|g| super::gate::exec_skip(g, &run, &spec)).transpose()?.flatten() {
+            record_skip(&run, &reason)?;
             continue;
         }
         locks.push(lock);
@@ -60,6 +65,18 @@ pub fn exec(dirs: &[PathBuf], data_dir: &Path, device: tch::Device) -> anyhow::R
         }
     }
     Ok(code)
+}
+
+/// A student the teacher gate skips: `status.json` says so with the reason (for `status` and
+/// `run --wait`), the log too. Not a failure of the task: its exit status stays 0.
+fn record_skip(run: &RunDir, reason: &str) -> anyhow::Result<()> {
+    let f = FailStatus { state: "skipped".into(), error: reason.to_string(), epoch: None, attempt: 0 };
+    crate::store::write_json(&status_path(run), &f)?;
+    if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(run.log()) {
+        use std::io::Write;
+        let _ = writeln!(log, "skipped: {reason}");
+    }
+    Ok(())
 }
 
 /// Writes a member's `status.json` and its log line; returns its exit status.

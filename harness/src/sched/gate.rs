@@ -8,6 +8,9 @@
 //! A checkpoint teacher is measured once per (checkpoint hash, dataset fingerprint) and recorded
 //! with its hash in `results/<suite>/teachers/`; a teacher the suite trains is read from its
 //! summary (the metric its `[[expected]]` entry names). `plan` and `status` show those records.
+//! Under Slurm a student's task applies the gate itself when it starts (its teacher finished in
+//! an earlier DAG level): `run` writes the suite's values to `teachers/gate.json` and the task's
+//! `harness exec --gate` reads them ([`exec_skip`]).
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +67,7 @@ impl Record {
 }
 
 /// The suite's published teacher values and tolerance.
+#[derive(Serialize, Deserialize)]
 pub struct Gate {
     expected: Vec<Expected>,
     tolerance: f64,
@@ -72,6 +76,25 @@ pub struct Gate {
 impl Gate {
     pub fn new(suite: &Suite) -> Gate {
         Gate { expected: suite.expected.clone(), tolerance: suite.report.expected_tolerance.unwrap_or(1.0) }
+    }
+
+    /// Whether any teacher model has a published value (else the gate never skips anything).
+    pub fn any(&self) -> bool {
+        self.expected.iter().any(|e| e.teacher.is_none() && e.method == "ce")
+    }
+
+    /// Writes the gate for the tasks of a Slurm submission: `results/<suite>/teachers/gate.json`.
+    pub fn save(&self, results: &Path, suite: &str) -> anyhow::Result<PathBuf> {
+        let d = dir(results, suite);
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        let p = d.join("gate.json");
+        crate::store::write_json(&p, self)?;
+        Ok(p)
+    }
+
+    /// Reads a gate written by [`Gate::save`].
+    pub fn load(path: &Path) -> anyhow::Result<Gate> {
+        crate::store::read_json(path).with_context(|| format!("reading the teacher gate {}", path.display()))
     }
 
     /// The `[[expected]]` entry of a teacher model: no teacher of its own, plain training.
@@ -202,6 +225,28 @@ pub fn trained_teacher(gate: &Gate, results: &Path, teacher: &RunSpec, force: bo
         println!("{}", rec.describe());
     }
     Ok((rec.outside && !force).then(|| rec.reason()))
+}
+
+/// In a Slurm task (`harness exec --gate`): why the student in `run` is skipped, if a plainly
+/// trained teacher of it (finished in an earlier DAG level) is outside its published value. The
+/// comparison is recorded as the local scheduler records it.
+pub fn exec_skip(gate: &Gate, run: &RunDir, spec: &RunSpec) -> anyhow::Result<Option<String>> {
+    if spec.role != crate::suite::Role::Student {
+        return Ok(None);
+    }
+    // results/<suite>/runs/<id>
+    let Some(results) = run.path.parent().and_then(Path::parent).and_then(Path::parent) else { return Ok(None) };
+    for t in &spec.teachers {
+        let TeacherRef::Run { id, .. } = t else { continue };
+        let tdir = RunDir::new(results, &spec.suite, id);
+        let tspec = tdir.read_spec()?;
+        if tspec.role == crate::suite::Role::Teacher && tspec.teachers.is_empty() {
+            if let Some(reason) = trained_teacher(gate, results, &tspec, false)? {
+                return Ok(Some(reason));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// For `status`: the reason a pending run's students were last skipped by the gate, if so.

@@ -35,6 +35,9 @@ pub struct Submit {
     pub retries: usize,
     /// Most runs per array task (one cohort); 1: one run per task.
     pub cohort: usize,
+    /// The teacher gate each task applies to its students (`harness exec --gate`); `None`
+    /// under `--force` or without published teacher values.
+    pub gate: Option<PathBuf>,
     pub options: SlurmOptions,
 }
 
@@ -192,9 +195,10 @@ fn batch_script(suite: &str, level: usize, tasks: &[Vec<PathBuf>], exe: &Path, s
     t.push_str("echo \"slurm task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname) starts at unix time $(date +%s)\" >>\"$RUN/log.txt\"\n");
     t.push_str(&format!("for attempt in $(seq 1 {}); do\n", s.retries + 1));
     t.push_str(&format!(
-        "  {} exec \"${{RUNS[@]}}\" --data-dir {} --device {device} --threads \"$THREADS\" 2>>\"$RUN/log.txt\"\n",
+        "  {} exec \"${{RUNS[@]}}\" --data-dir {} --device {device} --threads \"$THREADS\"{} 2>>\"$RUN/log.txt\"\n",
         sh(&exe.to_string_lossy()),
-        sh(&s.data_dir.to_string_lossy())
+        sh(&s.data_dir.to_string_lossy()),
+        s.gate.as_ref().map(|g| format!(" --gate {}", sh(&g.to_string_lossy()))).unwrap_or_default()
     ));
     t.push_str("  code=$?\n");
     t.push_str(&format!(

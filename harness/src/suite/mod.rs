@@ -193,7 +193,7 @@ pub struct ReportSpec {
 const EXPECTED_KEYS: &[&str] = &["teacher", "student", "method", "top1", "std", "metric", "source"];
 
 /// A published number the suite should reproduce (`[[expected]]`), for reports to compare against.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Expected {
     pub teacher: Option<String>,
     pub student: String,
