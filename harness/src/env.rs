@@ -19,7 +19,7 @@ pub struct Provenance {
     pub channels_last: bool,
     /// The run's `train.precision` (fp32 for every run planned without it): forward passes
     /// under autocast in that dtype; losses and the optimiser in fp32.
-    pub precision: crate::train::precision::Precision,
+    pub precision: crate::suite::spec::Precision,
 }
 
 /// Whether training runs convolutions channels-last: on unless `KD_HARNESS_CHANNELS_LAST=0`.
@@ -135,12 +135,12 @@ impl Provenance {
             threads: tch::get_num_threads(),
             hostname: crate::store::hostname(),
             channels_last: channels_last(),
-            precision: crate::train::precision::Precision::Fp32,
+            precision: crate::suite::spec::Precision::Fp32,
         }
     }
 
     /// The same, for a run in `precision`.
-    pub fn for_run(device: Device, precision: crate::train::precision::Precision) -> Provenance {
+    pub fn for_run(device: Device, precision: crate::suite::spec::Precision) -> Provenance {
         Provenance { precision, ..Provenance::collect(device) }
     }
 }

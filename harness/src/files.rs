@@ -1,10 +1,13 @@
 //! Opening user files (suites, dataset files, checkpoints, arrays) safely: the type is checked
 //! before the file is opened, so a FIFO, socket or device is refused instead of blocking
-//! forever, and a broken symbolic link is named as one. Every error is an [`InputError`].
+//! forever, and a broken symbolic link is named as one. Every error is an [`InputError`]. Also the
+//! one atomic writer every results file and generated dataset goes through ([`write_atomic`]).
 
 use std::fs::{File, Metadata};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
+
+use anyhow::Context;
 
 use crate::error::InputError;
 
@@ -86,4 +89,19 @@ pub fn check_entry(entry: &std::fs::DirEntry, what: &str) -> anyhow::Result<()> 
         return Ok(());
     }
     check_regular(&entry.path(), what).map(|_| ())
+}
+
+/// Writes `bytes` to `path` atomically: a reader sees the old file or the new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("path has no parent directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod data;
 pub mod distill;
+pub mod draws;
 pub mod env;
 pub mod error;
 pub mod files;

@@ -44,10 +44,10 @@ pub struct Summary {
     pub teacher_top1: Option<f64>,
     /// Entropy / non-target mass / inter-class similarity of the final test predictions.
     #[serde(default)]
-    pub output_stats: crate::distill::metrics::OutputStats,
+    pub output_stats: OutputStats,
     /// Reliability-diagram bins (15) of the final test predictions.
     #[serde(default)]
-    pub reliability: crate::distill::metrics::Reliability,
+    pub reliability: Reliability,
     /// Last- and best-epoch test top-1 of each online peer (DML cohort, SwitOKD teacher).
     #[serde(default)]
     pub peers_last_top1: Vec<f64>,
@@ -77,7 +77,7 @@ pub struct PruneSummary {
     pub target: f64,
     /// The model this one was pruned from (provenance).
     pub parent: crate::suite::TeacherRef,
-    pub measured: crate::train::prune::Measured,
+    pub measured: Measured,
 }
 
 /// One run's directory.
@@ -158,20 +158,7 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T>
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Writes `bytes` to `path` atomically: a reader sees the old file or the new one, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no parent directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
+pub use crate::files::write_atomic;
 
 /// Pretty JSON, written atomically.
 pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
@@ -255,4 +242,52 @@ pub fn lock_holder_alive(run: &RunDir) -> bool {
 /// This machine's host name (for lock ownership).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// Sparsity measured from a saved state dict: zeros among the prunable weights (never assumed
+/// from the requested amount).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Measured {
+    /// Fraction of prunable weights that are exactly zero.
+    pub sparsity: f64,
+    pub prunable: i64,
+    pub zeros: i64,
+    /// Non-zeros and size of every prunable tensor, by name.
+    pub layers: std::collections::BTreeMap<String, (i64, i64)>,
+}
+
+/// Per-bin sums of a reliability diagram, bins `(b/n, (b+1)/n]` on T = 1 probabilities.
+/// Stored in `summary.json` so reports can draw the diagram and pool it over seeds.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Reliability {
+    pub count: Vec<u64>,
+    /// Σ confidence (max probability) of the samples in each bin.
+    pub conf_sum: Vec<f64>,
+    /// Number of correct predictions in each bin.
+    pub correct: Vec<f64>,
+}
+
+impl Reliability {
+    /// Expected calibration error, as a fraction: Σ_b |B_b|/n · |acc_b − conf_b| = Σ_b |Σacc − Σconf| / n
+    /// (empty bins contribute 0).
+    pub fn ece(&self) -> f64 {
+        let n: u64 = self.count.iter().sum();
+        if n == 0 {
+            return 0.0;
+        }
+        self.correct.iter().zip(&self.conf_sum).map(|(a, c)| (a - c).abs()).sum::<f64>() / n as f64
+    }
+}
+
+/// Statistics of a network's test predictions that the "sweet spot" study relates to how well
+/// it teaches (Vats & Crandall attribute bad teaching to lost inter-class similarity).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct OutputStats {
+    /// Mean entropy of softmax(z) (T = 1), nats.
+    pub entropy: f64,
+    /// Mean probability given to classes other than the true one.
+    pub nontarget_mass: f64,
+    /// Mean cosine similarity between the class-conditional mean probability vectors of two
+    /// different classes (how much the predictions keep classes alike).
+    pub class_similarity: f64,
 }

@@ -162,7 +162,7 @@ pub fn write_binary(kind: Kind, dir: &Path, train: &RawSplit, test: &RawSplit) -
             buf.push(s.y[i] as u8);
             buf.extend_from_slice(&s.x[i * IMG..(i + 1) * IMG]);
         }
-        crate::store::write_atomic(&out.join(name), &buf)
+        crate::files::write_atomic(&out.join(name), &buf)
     };
     let n = train.y.len();
     let per = n.div_ceil(tr.len());

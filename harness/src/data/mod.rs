@@ -578,11 +578,11 @@ pub fn crop_flip(x: &Tensor, pad: i64, flip: bool) -> Tensor {
     if flip {
         let f = Tensor::randint(2, [b, 1], opts).to_kind(Kind::Bool);
         let rev = &ox + (ar_w.g_mul_scalar(-1) + (w - 1));
-        crate::train::trace::record("flip", &f);
+        crate::draws::record("flip", &f);
         cols = rev.where_self(&f, &cols);
     }
-    crate::train::trace::record("crop_y", &oy);
-    crate::train::trace::record("crop_x", &ox);
+    crate::draws::record("crop_y", &oy);
+    crate::draws::record("crop_x", &ox);
     let bi = Tensor::arange(b, opts).view([b, 1, 1, 1]);
     let ci = Tensor::arange(c, opts).view([1, c, 1, 1]);
     padded.index(&[Some(bi), Some(ci), Some(rows.view([b, 1, h, 1])), Some(cols.view([b, 1, 1, w]))])

@@ -7,7 +7,7 @@
 use tch::Tensor;
 
 use super::{Distiller, MethodInfo, ParamDef, ParamKind, Params, Step, Teachers, float, fparam, kl_batchmean};
-use crate::suite::ParamValue;
+use super::ParamValue;
 
 pub static INFO: MethodInfo = MethodInfo {
     name: "bake",

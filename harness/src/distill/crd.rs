@@ -11,7 +11,7 @@ use tch::{Kind, Tensor, nn, nn::Module};
 
 use super::{Distiller, FEAT_CE, FEAT_KD, FEAT_TAU, MethodInfo, ParamDef, ParamKind, Params, Step, Teachers, feature_logit_terms, float, fparam};
 use crate::models::Output;
-use crate::suite::ParamValue;
+use super::ParamValue;
 
 pub static INFO: MethodInfo = MethodInfo {
     name: "crd",
@@ -143,7 +143,7 @@ impl Crd {
         let labels = labels.to_device(y.device());
         let weights = labels.unsqueeze(0).ne_tensor(&y.unsqueeze(1)).to_kind(Kind::Float);
         let neg = weights.multinomial(self.k, self.k > self.min_pool);
-        crate::train::trace::record("crd_negatives", &neg);
+        crate::draws::record("crd_negatives", &neg);
         Ok(Tensor::cat(&[idx.unsqueeze(1), neg], 1))
     }
 }

@@ -215,7 +215,7 @@ pub fn loss_eval(method: &str, arrays: &BTreeMap<String, Tensor>, params: &[Stri
         let all: Vec<Output> = std::iter::once(s_out.detached()).chain(peers.iter().map(Output::detached)).collect();
         for k in 0..peers.len() {
             let mut d = distiller.peer(k).ok_or_else(|| anyhow::anyhow!("method {method} declares no loss for its peer {k}"))?;
-            let partners = crate::train::trainee::partners(&all, k + 1);
+            let partners = super::partners(&all, k + 1);
             terms.extend(d.losses(&Step { student: &all[k + 1], partners: &partners, ..step })?);
         }
         // Terms of the same name (DML's peers) are summed, as the run's record sums them.

@@ -7,7 +7,7 @@ use tch::{Tensor, nn, nn::Module};
 
 use super::{Distiller, FEAT_CE, FEAT_KD, FEAT_TAU, MethodInfo, ParamDef, ParamKind, Params, Step, Teachers, feature_logit_terms, float, fparam};
 use crate::models::Output;
-use crate::suite::ParamValue;
+use super::ParamValue;
 
 pub static INFO: MethodInfo = MethodInfo {
     name: "fitnet",

@@ -3,35 +3,14 @@
 
 use tch::{Kind, Tensor};
 
+pub use crate::store::{OutputStats, Reliability};
+
 /// Fraction of rows whose label is among the `k` largest logits (k clipped to C).
 pub fn topk_accuracy(logits: &Tensor, labels: &Tensor, k: i64) -> f64 {
     let c = logits.size()[1];
     let (_, idx) = logits.topk(k.min(c), 1, true, true);
     let hit = idx.eq_tensor(&labels.unsqueeze(1)).any_dim(1, false).to_kind(Kind::Float);
     hit.mean(Kind::Float).double_value(&[])
-}
-
-/// Per-bin sums of a reliability diagram, bins `(b/n, (b+1)/n]` on T = 1 probabilities.
-/// Stored in `summary.json` so reports can draw the diagram and pool it over seeds.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Reliability {
-    pub count: Vec<u64>,
-    /// Σ confidence (max probability) of the samples in each bin.
-    pub conf_sum: Vec<f64>,
-    /// Number of correct predictions in each bin.
-    pub correct: Vec<f64>,
-}
-
-impl Reliability {
-    /// Expected calibration error, as a fraction: Σ_b |B_b|/n · |acc_b − conf_b| = Σ_b |Σacc − Σconf| / n
-    /// (empty bins contribute 0).
-    pub fn ece(&self) -> f64 {
-        let n: u64 = self.count.iter().sum();
-        if n == 0 {
-            return 0.0;
-        }
-        self.correct.iter().zip(&self.conf_sum).map(|(a, c)| (a - c).abs()).sum::<f64>() / n as f64
-    }
 }
 
 pub fn reliability(logits: &Tensor, labels: &Tensor, n_bins: i64) -> Reliability {
@@ -64,19 +43,6 @@ pub fn predictive_kl(student: &Tensor, teacher: &Tensor) -> f64 {
     let ls = student.to_kind(Kind::Double).log_softmax(1, Kind::Double);
     let lt = teacher.to_kind(Kind::Double).log_softmax(1, Kind::Double);
     (lt.exp() * (&lt - ls)).sum_dim_intlist(1, false, Kind::Double).mean(Kind::Double).double_value(&[])
-}
-
-/// Statistics of a network's test predictions that the "sweet spot" study relates to how well
-/// it teaches (Vats & Crandall attribute bad teaching to lost inter-class similarity).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct OutputStats {
-    /// Mean entropy of softmax(z) (T = 1), nats.
-    pub entropy: f64,
-    /// Mean probability given to classes other than the true one.
-    pub nontarget_mass: f64,
-    /// Mean cosine similarity between the class-conditional mean probability vectors of two
-    /// different classes (how much the predictions keep classes alike).
-    pub class_similarity: f64,
 }
 
 pub fn output_stats(logits: &Tensor, labels: &Tensor) -> OutputStats {

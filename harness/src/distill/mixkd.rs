@@ -8,7 +8,7 @@ use tch::Tensor;
 
 use super::{Distiller, MethodInfo, ParamDef, ParamKind, Params, Step, Teachers, float, fparam, kl_batchmean, soft_ce, string};
 use crate::data::Mixup;
-use crate::suite::ParamValue;
+use super::ParamValue;
 
 pub static INFO: MethodInfo = MethodInfo {
     name: "mixkd",

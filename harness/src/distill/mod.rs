@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use tch::Tensor;
 
 use crate::models::Output;
-use crate::suite::ParamValue;
+use serde::{Deserialize, Serialize};
 
 /// One training step's outputs, handed to a method.
 #[derive(Clone, Copy)]
@@ -88,6 +88,12 @@ impl<'a> Step<'a> {
             None => hard_ce(z, self.labels),
         }
     }
+}
+
+/// The partners of network `k` among the networks an online run trains (`outs` in order: the
+/// run's network, then its peers): the others' outputs, detached, in order ([`Step::partners`]).
+pub fn partners(outs: &[Output], k: usize) -> Vec<Output> {
+    outs.iter().enumerate().filter(|&(j, _)| j != k).map(|(_, o)| o.detached()).collect()
 }
 
 /// Mean over rows of `−log softmax(z)_y`, in the logits' precision (tch's
@@ -185,6 +191,39 @@ pub trait Distiller: Send {
     /// probe forward of the student and teachers. They join the optimiser and the checkpoint.
     fn init_modules(&mut self, _vs: &tch::nn::Path, _student: &Output, _teachers: &[Output]) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+/// A method parameter value (typed by the method's declaration, so `4` and `4.0` hash alike).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// `Cow` so declarations can hold `'static` defaults.
+    Str(std::borrow::Cow<'static, str>),
+}
+
+impl ParamValue {
+    /// Numeric value (ints widen); `None` for bools and strings.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            ParamValue::Float(f) => Some(*f),
+            ParamValue::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{b}"),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => write!(f, "{x}"),
+            ParamValue::Str(s) => write!(f, "{s}"),
+        }
     }
 }
 
@@ -307,9 +346,9 @@ impl MethodInfo {
             if allowed.is_empty() {
                 return Err(format!("method `{}` takes no parameters (got `{name}`)", self.name));
             }
-            return Err(crate::suite::source::unknown(&format!("parameter of method `{}`", self.name), name, &allowed));
+            return Err(crate::error::unknown(&format!("parameter of method `{}`", self.name), name, &allowed));
         };
-        let tn = crate::suite::source::type_name;
+        let tn = crate::error::type_name;
         match def.kind {
             ParamKind::Float { min, max } => {
                 let x = match v {
@@ -324,7 +363,7 @@ impl MethodInfo {
             }
             ParamKind::Choice(options) => match v.as_str() {
                 Some(s) if options.contains(&s) => Ok(ParamValue::Str(s.to_string().into())),
-                Some(s) => Err(crate::suite::source::unknown("value", s, options)),
+                Some(s) => Err(crate::error::unknown("value", s, options)),
                 None => Err(format!("expected one of {}, found {}", options.join(", "), tn(v))),
             },
             ParamKind::Int { min, max } => match v {

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor, nn};
 
 use super::{Distiller, MethodInfo, ParamDef, ParamKind, Params, Step, Teachers, boolean, float, fparam, hard_ce, kd::kd_term};
 use crate::models::{self, Model, ModelCfg, Output};
-use crate::suite::ParamValue;
+use super::ParamValue;
 
 pub static INFO: MethodInfo = MethodInfo {
     name: "sokd",

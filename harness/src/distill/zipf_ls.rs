@@ -8,7 +8,7 @@
 use tch::{Kind, Tensor};
 
 use super::{Distiller, MethodInfo, ParamDef, ParamKind, Params, Step, Teachers, boolean, float, fparam, kl_rows, nontarget_log_softmax, string};
-use crate::suite::ParamValue;
+use super::ParamValue;
 
 pub static INFO: MethodInfo = MethodInfo {
     name: "zipf_ls",

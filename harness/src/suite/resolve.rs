@@ -304,7 +304,7 @@ impl Suite {
         let (rounds, amount) = if p.method == "prue" {
             (1, p.sparsity)
         } else {
-            let n = crate::train::prune::rounds_for(p.sparsity, p.rate);
+            let n = super::spec::rounds_for(p.sparsity, p.rate);
             if n == 0 {
                 return Err(input(self.src.error(
                     &p.path,

@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tch::Kind;
 
-use crate::train::precision::{PRECISIONS, Precision};
+pub use crate::distill::ParamValue;
+
 
 /// The training recipe: optimiser and schedule. Epochs are 1-based; the lr for epoch `e` is
 /// `lr · gamma^(#milestones < e)` (mdistiller/RepDistiller: epoch 151 is the first at 0.1× for 150).
@@ -176,39 +178,6 @@ fn positive_int(v: &toml::Value) -> Result<u32, String> {
 }
 fn boolean(v: &toml::Value) -> Result<bool, String> {
     v.as_bool().ok_or_else(|| format!("expected true or false, found {}", super::source::type_name(v)))
-}
-
-/// A method parameter value (typed by the method's declaration, so `4` and `4.0` hash alike).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum ParamValue {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    /// `Cow` so declarations can hold `'static` defaults.
-    Str(std::borrow::Cow<'static, str>),
-}
-
-impl ParamValue {
-    /// Numeric value (ints widen); `None` for bools and strings.
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            ParamValue::Float(f) => Some(*f),
-            ParamValue::Int(i) => Some(*i as f64),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for ParamValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ParamValue::Bool(b) => write!(f, "{b}"),
-            ParamValue::Int(i) => write!(f, "{i}"),
-            ParamValue::Float(x) => write!(f, "{x}"),
-            ParamValue::Str(s) => write!(f, "{s}"),
-        }
-    }
 }
 
 /// Whether a run is a teacher (others depend on its weights) or a student.
@@ -400,4 +369,68 @@ impl RunSpec {
         s.push_str(&format!(" seed {}", self.seed));
         s
     }
+}
+
+/// Arithmetic of a run's forward passes. Part of the run id only when not fp32, so fp32 ids are
+/// those of runs planned before the option existed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+/// Values `train.precision` accepts.
+pub const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16"];
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Precision, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp16" => Ok(Precision::Fp16),
+            other => Err(format!("expected one of {}, found \"{other}\"", PRECISIONS.join(", "))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        PRECISIONS[self as usize]
+    }
+
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+
+    /// The low dtype conv/matmul run in under autocast.
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::Fp16 => Kind::Half,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Rounds n of 20%-of-the-remaining pruning whose sparsity 1 − 0.8ⁿ is closest to `target`
+/// (ties → fewer rounds), as prune-then-distill picks them: 0.36 → 2, 0.59 → 4, 0.8 → 7.
+pub fn rounds_for(target: f64, rate: f64) -> u32 {
+    let keep = 1.0 - rate;
+    let mut n = 0u32;
+    while 1.0 - keep.powi(n as i32) <= target && n < 1000 {
+        n += 1;
+    }
+    if n == 0 {
+        return 0;
+    }
+    let lower = (target - (1.0 - keep.powi(n as i32 - 1))).abs();
+    let upper = (target - (1.0 - keep.powi(n as i32))).abs();
+    if lower <= upper { n - 1 } else { n }
 }

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor, nn};
 use super::record::{EpochResult, EpochSums, History, images_per_s, pct};
 use super::resume::{self, Loaded, ResumeState, Stores};
 use super::precision::Amp;
-use super::trainee::{self, Trainee};
+use super::trainee::Trainee;
 use super::{Net, Progress, Teacher, build, build_widths, dense_argmax, evaluate, prune, sgd, stream_seed, test_logits, widths_from_pruned};
 use crate::data::{Dataset, Mixup, site_seed};
 use crate::distill::{self, Distiller, Step, metrics};
@@ -248,14 +248,14 @@ impl Learner {
         };
         let sums = self.sums.as_mut().context("step outside an epoch")?;
         let eps = self.spec.train.label_smoothing;
-        let partners = trainee::partners(&outs, 0);
+        let partners = distill::partners(&outs, 0);
         let (terms, total) = self
             .own
             .learn(&b.step(&outs[0], &partners, votes.as_ref(), eps, epoch), self.masks.as_ref())?
             .with_context(|| format!("method {} returned no loss terms", self.spec.method))?;
         sums.add(&terms, &total, &outs[0].logits, b.y);
         for (k, p) in self.peers.iter_mut().enumerate() {
-            let partners = trainee::partners(&outs, k + 1);
+            let partners = distill::partners(&outs, k + 1);
             if let Some((terms, total)) = p.learn(&b.step(&outs[k + 1], &partners, None, eps, epoch), None)? {
                 sums.add_partner(&terms, &total, b.y);
             }

@@ -22,47 +22,10 @@ use tch::{Device, Kind, Tensor};
 use crate::models::{Model, Output};
 use crate::train::sgd::Sgd;
 
-/// Arithmetic of a run's forward passes. Part of the run id only when not fp32, so fp32 ids are
-/// those of runs planned before the option existed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Bf16,
-    Fp16,
-}
+pub use crate::suite::spec::{PRECISIONS, Precision};
 
-/// Values `train.precision` accepts.
-pub const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16"];
-
+/// The shim's dtype codes (csrc/autocast.cpp).
 impl Precision {
-    pub fn parse(s: &str) -> Result<Precision, String> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "bf16" => Ok(Precision::Bf16),
-            "fp16" => Ok(Precision::Fp16),
-            other => Err(format!("expected one of {}, found \"{other}\"", PRECISIONS.join(", "))),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        PRECISIONS[self as usize]
-    }
-
-    pub fn is_fp32(&self) -> bool {
-        *self == Precision::Fp32
-    }
-
-    /// The low dtype conv/matmul run in under autocast.
-    pub fn kind(self) -> Kind {
-        match self {
-            Precision::Fp32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
-            Precision::Fp16 => Kind::Half,
-        }
-    }
-
     /// Shim code of the dtype (csrc/autocast.cpp).
     fn code(self) -> i32 {
         self as i32
@@ -70,12 +33,6 @@ impl Precision {
 
     fn from_code(c: i32) -> Option<Precision> {
         [Precision::Fp32, Precision::Bf16, Precision::Fp16].get(usize::try_from(c).ok()?).copied()
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -14,6 +14,9 @@ use std::path::Path;
 use anyhow::Context;
 use tch::{Device, Kind, Tensor, nn};
 
+pub use crate::store::Measured;
+pub use crate::suite::spec::rounds_for;
+
 use crate::data::{Batches, Dataset};
 use crate::models::Model;
 
@@ -79,21 +82,6 @@ pub fn magnitude_round(weights: &[Tensor], masks: &[Tensor], amount: f64) -> Vec
     split_like(&keep, weights)
 }
 
-/// Rounds n of 20%-of-the-remaining pruning whose sparsity 1 − 0.8ⁿ is closest to `target`
-/// (ties → fewer rounds), as prune-then-distill picks them: 0.36 → 2, 0.59 → 4, 0.8 → 7.
-pub fn rounds_for(target: f64, rate: f64) -> u32 {
-    let keep = 1.0 - rate;
-    let mut n = 0u32;
-    while 1.0 - keep.powi(n as i32) <= target && n < 1000 {
-        n += 1;
-    }
-    if n == 0 {
-        return 0;
-    }
-    let lower = (target - (1.0 - keep.powi(n as i32 - 1))).abs();
-    let upper = (target - (1.0 - keep.powi(n as i32))).abs();
-    if lower <= upper { n - 1 } else { n }
-}
 
 /// PrUE scores |∂S/∂m| = |w ⊙ ∂S/∂w| of S = Σ_i |p̄_{y_i} − p(x_i)[y_i]|, the within-class spread
 /// of the true-class confidence (§6). `forward` maps an input batch to logits using `weights`
@@ -213,18 +201,6 @@ pub fn save(masks: &Masks, path: &Path) -> anyhow::Result<()> {
 pub fn load(path: &Path, device: Device) -> anyhow::Result<Masks> {
     let v = Tensor::read_safetensors(path).with_context(|| format!("reading masks {}", path.display()))?;
     Ok(v.into_iter().map(|(n, t)| (n, t.to_device(device).to_kind(Kind::Float))).collect())
-}
-
-/// Sparsity measured from a saved state dict: zeros among the prunable weights (never assumed
-/// from the requested amount).
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Measured {
-    /// Fraction of prunable weights that are exactly zero.
-    pub sparsity: f64,
-    pub prunable: i64,
-    pub zeros: i64,
-    /// Non-zeros and size of every prunable tensor, by name.
-    pub layers: BTreeMap<String, (i64, i64)>,
 }
 
 pub fn measure(path: &Path, scope: Scope) -> anyhow::Result<Measured> {

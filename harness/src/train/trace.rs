@@ -12,39 +12,12 @@
 //! [`Trace::step`] after each update; code below the loop (data, methods) calls [`record`].
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use anyhow::Context;
 use tch::{Kind, Tensor, nn};
 
-/// Environment variable naming the trace directory.
-pub const TRACE_ENV: &str = "KD_HARNESS_TRACE";
-
-/// Draws recorded since the last step, in the order they were made.
-static DRAWS: Mutex<Vec<(String, Tensor)>> = Mutex::new(Vec::new());
-
-fn enabled() -> bool {
-    std::env::var_os(TRACE_ENV).is_some_and(|v| !v.is_empty())
-}
-
-/// Records a random draw (as Int64/Float on the CPU) for the following [`Trace::step`] calls; a
-/// no-op unless tracing. A later draw of the same name replaces it, so every step writes the
-/// latest draws: those of its batch (which every member of a cohort shares) and its method's.
-pub fn record(name: &str, t: &Tensor) {
-    if !enabled() {
-        return;
-    }
-    let t = if t.kind() == Kind::Bool { t.to_kind(Kind::Int64) } else { t.shallow_clone() };
-    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
-    if let Ok(mut p) = DRAWS.lock() {
-        p.retain(|(n, _)| n != name);
-        p.push((name.to_string(), t));
-    }
-}
-
-fn draws() -> Vec<(String, Tensor)> {
-    DRAWS.lock().map(|p| p.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()).unwrap_or_default()
-}
+pub use crate::draws::{TRACE_ENV, record};
+use crate::draws::{clear, draws};
 
 /// One run's trace directory and step counter.
 pub struct Trace {
@@ -79,9 +52,7 @@ impl Trace {
         let dir = PathBuf::from(root).join(id);
         std::fs::create_dir_all(&dir).with_context(|| format!("trace: creating {}", dir.display()))?;
         // Draws made while setting up (PrUE's passes) belong to no step.
-        if let Ok(mut p) = DRAWS.lock() {
-            p.clear();
-        }
+        clear();
         write(dir.join("init.safetensors"), variables(stores))?;
         Ok(Some(Trace { dir, step: 0 }))
     }

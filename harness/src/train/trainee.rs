@@ -60,16 +60,10 @@ impl Trainee {
     }
 }
 
-/// Each trainee's partners: the others' outputs, detached, in order (for the run's network its
-/// peers; for peer k the run's network first, then the other peers).
-pub fn partners(outs: &[Output], k: usize) -> Vec<Output> {
-    outs.iter().enumerate().filter(|&(j, _)| j != k).map(|(_, o)| o.detached()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distill::{self, dml};
+    use crate::distill::{self, dml, partners};
     use crate::models::{self, ModelCfg};
     use crate::train::precision::Precision;
     use tch::{Device, Kind};
