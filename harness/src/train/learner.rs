@@ -1,6 +1,7 @@
-//! One run inside a cohort: its network (and online peers), method, optimiser, record, resume
-//! state and run directory. The cohort hands it shared batches and teacher outputs; everything
-//! random it draws itself comes from its own seeded streams.
+//! One run inside a cohort: its trainees (its network and, for an online method, each peer: see
+//! `trainee.rs`), the method's modules, the record, resume state and run directory. The cohort
+//! hands it shared batches and teacher outputs; everything random it draws itself comes from its
+//! own seeded streams.
 
 use std::io::Write;
 use std::time::Instant;

@@ -161,8 +161,9 @@ impl History {
         // Accuracies and ECE in percent in the file (results schema 2), fractions in memory.
         let opt = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
         let mut row = vec![e.epoch.to_string(), format!("{}", e.lr), format!("{}", e.train_loss)];
-        // Terms by the header's names (fixed by the first epoch): a term absent from an epoch (a
-        // paused peer) is 0 there, never a shifted column.
+        self.add_term_columns(e.terms);
+        // Terms by the header's names: a term absent from an epoch (a paused peer) is 0 there,
+        // never a shifted column.
         let names = self.header.iter().skip(3).take_while(|h| *h != "train_top1").map(|h| h.trim_start_matches("train_"));
         row.extend(names.map(|n| e.terms.iter().find(|(t, _)| *t == n).map_or(0.0, |(_, v)| *v)).map(|v| format!("{v}")));
         row.extend([
@@ -180,6 +181,25 @@ impl History {
         row.extend(e.stats.iter().map(|(_, v)| format!("{v}")));
         row.extend(e.skipped_steps.map(|k| k.to_string()));
         self.rows.push(row);
+    }
+
+    /// A loss term first seen after the first epoch (SwitOKD's teacher, paused through epoch 1)
+    /// gets its column at the end of the term columns, 0 in the earlier rows: an epoch's term is
+    /// its mean over the epoch's samples, and a term that never occurred contributed nothing.
+    fn add_term_columns(&mut self, terms: &[(&'static str, f64)]) {
+        for (n, _) in terms {
+            let col = format!("train_{n}");
+            let end = self.header.iter().position(|h| h == "train_top1").unwrap_or(self.header.len());
+            if self.header[3.min(end)..end].contains(&col) {
+                continue;
+            }
+            self.header.insert(end, col);
+            for r in &mut self.rows {
+                if r.len() >= end {
+                    r.insert(end, "0".into());
+                }
+            }
+        }
     }
 
     /// Writes `metrics.csv` (atomically) from the rows so far.
@@ -201,4 +221,48 @@ pub fn pct(x: f64) -> f64 {
 
 pub fn images_per_s(images: i64, seconds: f64) -> f64 {
     images as f64 / seconds.max(1e-9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(e: u32, terms: &[(&'static str, f64)]) -> EpochResult<'static> {
+        let terms: &'static [(&'static str, f64)] = Box::leak(terms.to_vec().into_boxed_slice());
+        EpochResult {
+            epoch: e,
+            lr: 0.1,
+            train_loss: terms.iter().map(|t| t.1).sum(),
+            terms,
+            train_top1: 0.5,
+            test: super::super::Eval { loss: 1.0, top1: 0.5, top5: 0.9, ece: 0.1 },
+            agreement: None,
+            pred_kl: None,
+            seconds: 1.0,
+            seen: 10,
+            peer_top1: &[0.4],
+            stats: &[],
+            skipped_steps: None,
+        }
+    }
+
+    /// A term that appears only from epoch 2 gets its own column (0 in epoch 1); one missing
+    /// from an epoch is 0 there; no value ever lands under another column's name.
+    #[test]
+    fn terms_are_written_by_name_whenever_they_first_appear() {
+        let mut h = History::new();
+        h.record(&epoch(1, &[("ce", 1.0), ("kl", 2.0)]));
+        h.record(&epoch(2, &[("ce", 3.0), ("kl", 4.0), ("teacher_ce", 5.0)]));
+        h.record(&epoch(3, &[("ce", 6.0), ("kl", 7.0)]));
+        let col = |name: &str| {
+            let j = h.header.iter().position(|c| c == name).unwrap_or_else(|| panic!("no {name} in {:?}", h.header));
+            h.rows.iter().map(|r| r[j].clone()).collect::<Vec<_>>()
+        };
+        assert!(h.rows.iter().all(|r| r.len() == h.header.len()));
+        assert_eq!(col("train_ce"), ["1", "3", "6"]);
+        assert_eq!(col("train_kl"), ["2", "4", "7"]);
+        assert_eq!(col("train_teacher_ce"), ["0", "5", "0"]);
+        assert_eq!(col("train_top1"), ["50", "50", "50"]);
+        assert_eq!(col("peer0_top1"), ["40", "40", "40"]);
+    }
 }
